@@ -1,0 +1,1 @@
+"""Triton kernels for fast3d (import name ``fast3d_kernels``)."""
