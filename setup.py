@@ -6,5 +6,5 @@ unrelated ``kernels`` distribution on PyPI, so it is mapped (``package-dir`` in 
 
 from setuptools import find_packages, setup
 
-kernel_packages = ["fast3d_kernels" + name[len("kernels"):] for name in find_packages(include=["kernels*"])]
+kernel_packages = ["fast3d_kernels" + name[len("kernels") :] for name in find_packages(include=["kernels*"])]
 setup(packages=find_packages(include=["fast3d_cli*"]) + kernel_packages)

@@ -1,0 +1,42 @@
+"""Options and helpers shared by the commands (kept import-light: no torch at import time)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fast3d_cli.data.config import DataConfig, sample_data_dir
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="fast3d.toml with a [data] table (default: ./fast3d.toml if present)."),
+]
+DataRootOption = Annotated[
+    Path | None, typer.Option("--data-root", help="Annotation folder (default: the embedded sample world).")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of the path.")
+]
+
+
+def data_config(config: Path | None, data_root: Path | None) -> DataConfig:
+    if config is None and Path("fast3d.toml").is_file():
+        config = Path("fast3d.toml")
+    return DataConfig.from_toml(config, root=data_root)
+
+
+def default_model_dir() -> Path:
+    return sample_data_dir() / "model"
+
+
+def emit(path: Path, payload: Any, as_json: bool) -> None:
+    """stdout carries only the output path, or the JSON payload with --json (pipelines read it)."""
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(f"{path}\n")
+    sys.stdout.flush()

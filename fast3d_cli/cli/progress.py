@@ -1,0 +1,50 @@
+"""Progress bars and result tables, always on stderr (stdout is reserved for paths and JSON)."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class TaskProgress:
+    """One bar per task, updated through :meth:`update` (the library's progress callback)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:>10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bars: dict[str, Any] = {}
+
+    def __enter__(self) -> TaskProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if name not in self._bars:
+            self._bars[name] = self._progress.add_task(name, total=total)
+        self._progress.update(self._bars[name], completed=done, total=total)
+
+
+def print_metrics_table(result: dict[str, Any], file: IO[str]) -> None:
+    table = Table(title="fast3d eval (values x100)")
+    table.add_column("task")
+    table.add_column("headline metric")
+    table.add_column("value", justify="right")
+    table.add_column("samples", justify="right")
+    for task, value in result.get("headline", {}).items():
+        from fast3d_cli.metrics import HEADLINE_METRICS
+
+        shown = "n/a" if value is None else f"{100 * value:.2f}"
+        table.add_row(task, HEADLINE_METRICS[task], shown, str(result.get("samples", {}).get(task, "")))
+    Console(file=file).print(table)

@@ -1,0 +1,1 @@
+"""Target models. Chat-Scene is the reference family (spec §1)."""

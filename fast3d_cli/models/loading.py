@@ -1,0 +1,80 @@
+"""Resolve where a target model comes from (our directory format or an official checkpoint) and load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fast3d_cli.errors import UserError
+from fast3d_cli.evaluation.fingerprint import files_fingerprint
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Either ``model_dir`` (config.json + model.safetensors + tokenizer) or ``checkpoint`` + ``base_llm``."""
+
+    model_dir: Path | None = None
+    checkpoint: Path | None = None
+    base_llm: Path | None = None
+    lora_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and self.base_llm is None:
+            raise UserError("--checkpoint needs --base-llm (the local Hugging Face folder of the base LLM)")
+        if self.checkpoint is None and self.model_dir is None:
+            raise UserError("give --model DIR or --checkpoint FILE --base-llm DIR")
+        for path in (self.model_dir, self.checkpoint, self.base_llm):
+            if path is not None and not Path(path).exists():
+                raise UserError(f"model path not found: {path}")
+
+    def files(self) -> list[Path]:
+        if self.checkpoint is not None:
+            base = Path(self.base_llm)
+            return [Path(self.checkpoint), *sorted(base.glob("*.json")), *sorted(base.glob("*.safetensors"))]
+        directory = Path(self.model_dir)
+        return [directory / "config.json", directory / "model.safetensors"]
+
+    def fingerprint(self) -> str:
+        missing = [p for p in self.files() if not p.is_file()]
+        if missing:
+            raise UserError(f"model file not found: {missing[0]}")
+        return files_fingerprint(self.files()) + (f"-alpha{self.lora_alpha}" if self.lora_alpha else "")
+
+    def load(self, device: str = "auto", dtype: str = "auto") -> Any:
+
+        resolved_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, resolved_device)
+        if self.checkpoint is not None:
+            from fast3d_cli.models.chat_scene.official import load_official_checkpoint
+
+            model = load_official_checkpoint(
+                self.checkpoint, self.base_llm, lora_alpha=self.lora_alpha, dtype=torch_dtype
+            )
+        else:
+            from fast3d_cli.models.chat_scene.io import from_pretrained
+
+            model = from_pretrained(self.model_dir, dtype=torch_dtype)
+        return model.to(resolved_device)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)

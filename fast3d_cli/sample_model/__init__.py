@@ -1,0 +1,1 @@
+"""The tiny Chat-Scene-architecture model trained on the sample world (committed under sample_data/model)."""

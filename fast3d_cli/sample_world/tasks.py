@@ -1,0 +1,283 @@
+"""Annotation rows of the five Chat-Scene tasks for one synthetic scene (formats of spec §2.4)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from fast3d_cli.sample_world.scene import Scene, SceneObject
+from fast3d_cli.sample_world.vocabulary import (
+    CLASSES,
+    COLOURS,
+    MULTI3DREF_PROMPTS,
+    NUMBER_WORDS,
+    QA_SUFFIX,
+    SCAN2CAP_PROMPTS,
+    SCANREFER_PROMPTS,
+)
+
+IOU_THRESHOLD = 0.5  # Chat-Scene's train_iou_thres
+Row = dict[str, Any]
+
+DESCRIPTION_TEMPLATES: tuple[str, ...] = (
+    "this is a {colour} {cls}. it is next to the {nb}.",
+    "the {colour} {cls} is next to the {nb}.",
+    "a {size} {colour} {cls}. it is near the {nb}.",
+    "there is a {colour} {cls} close to the {nb}.",
+    "it is a {colour} {cls} by the {nb}.",
+    "this {cls} is {colour}. it is placed near the {nb}.",
+)
+
+
+def obj_token(proposal_index: int) -> str:
+    return f"<OBJ{proposal_index:03}>"
+
+
+def sentence_case(text: str) -> str:
+    """Capitalise the first letter of every sentence (what Chat-Scene does with nltk)."""
+    return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text.strip())
+
+
+def referable_objects(scene: Scene) -> list[SceneObject]:
+    """Objects a description can single out: their (colour, class) pair is unique in the scene."""
+    return [o for o in scene.objects if scene.count(o.cls, o.colour) == 1]
+
+
+def descriptions(rng: np.random.Generator, scene: Scene, obj: SceneObject, n: int) -> list[str]:
+    picks = rng.choice(len(DESCRIPTION_TEMPLATES), size=n, replace=False)
+    nb = scene.nearest_neighbour(obj).name
+    fields = {"colour": obj.colour_name, "cls": obj.name, "nb": nb, "size": obj.size_word}
+    return [DESCRIPTION_TEMPLATES[i].format(**fields) for i in picks]
+
+
+def scene_descriptions(rng: np.random.Generator, scene: Scene) -> dict[int, list[str]]:
+    """ScanRefer-style descriptions (2-3 per referable object), shared by ScanRefer and Scan2Cap."""
+    return {o.gt_id: descriptions(rng, scene, o, int(rng.integers(2, 4))) for o in referable_objects(scene)}
+
+
+def scanrefer_rows(
+    rng: np.random.Generator, scene: Scene, descs: dict[int, list[str]], split: str
+) -> list[Row]:
+    rows = []
+    for gt_id, texts in descs.items():
+        best, iou = scene.best_proposal(gt_id)
+        for text in texts:
+            prompt = SCANREFER_PROMPTS[int(rng.integers(len(SCANREFER_PROMPTS)))].format(
+                desc=text.rstrip(".!?")
+            )
+            answer = f"{obj_token(best)}."
+            if split == "train":
+                if iou >= IOU_THRESHOLD:
+                    rows.append(
+                        {"scene_id": scene.scene_id, "obj_id": best, "prompt": prompt, "caption": answer}
+                    )
+            else:
+                rows.append(
+                    {"scene_id": scene.scene_id, "obj_id": gt_id, "prompt": prompt, "ref_captions": [answer]}
+                )
+    return rows
+
+
+def multi3dref_answer(proposal_ids: list[int]) -> str:
+    tokens = [obj_token(i) for i in sorted(proposal_ids)]
+    if not tokens:
+        return "No."
+    if len(tokens) == 1:
+        return f"Yes. {tokens[0]}."
+    if len(tokens) == 2:
+        return f"Yes. {tokens[0]} and {tokens[1]}."
+    return f"Yes. {', '.join(tokens[:-1])}, and {tokens[-1]}."
+
+
+def _multi3dref_queries(rng: np.random.Generator, scene: Scene) -> Iterator[tuple[str, list[int], str]]:
+    """(phrase, target gt ids, eval_type) candidates covering all five eval types."""
+    present = sorted({o.cls for o in scene.objects})
+    absent = [c for c in range(len(CLASSES)) if c not in present]
+    for cls in present:
+        members = scene.members(cls)
+        name = CLASSES[cls].name
+        if len(members) > 1:
+            yield name, [o.gt_id for o in members], "mt"
+        else:
+            yield name, [members[0].gt_id], "st_wo_d"
+        for colour in sorted({o.colour for o in members}):
+            targets = [o.gt_id for o in scene.members(cls, colour)]
+            kind = "mt" if len(targets) > 1 else "st_w_d" if len(members) > 1 else "st_wo_d"
+            yield f"{COLOURS[colour]} {name}", targets, kind
+        missing_colours = [c for c in range(len(COLOURS)) if scene.count(cls, c) == 0]
+        if missing_colours:
+            colour = missing_colours[int(rng.integers(len(missing_colours)))]
+            yield f"{COLOURS[colour]} {name}", [], "zt_w_d"
+    for cls in rng.permutation(absent)[: max(2, len(present) // 3)]:
+        colour = COLOURS[int(rng.integers(len(COLOURS)))]
+        yield f"{colour} {CLASSES[int(cls)].name}", [], "zt_wo_d"
+
+
+def multi3dref_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
+    rows = []
+    iou = scene.iou_matrix()
+    for phrase, targets, eval_type in _multi3dref_queries(rng, scene):
+        if len(targets) > 4:
+            continue
+        desc = rng.choice(["the {p}", "a {p} in the room", "{p}"]).format(p=phrase)
+        prompt = MULTI3DREF_PROMPTS[int(rng.integers(len(MULTI3DREF_PROMPTS)))].format(desc=desc)
+        row: Row = {"scene_id": scene.scene_id, "obj_id": 0, "prompt": prompt, "eval_type": eval_type}
+        if split == "train":
+            best = [int(iou[:, t].argmax()) for t in targets]
+            if any(iou[b, t] < IOU_THRESHOLD for b, t in zip(best, targets, strict=True)) or len(
+                set(best)
+            ) < len(best):
+                continue
+            row["caption"] = multi3dref_answer(best)
+        else:
+            row["ref_captions"] = list(targets)
+        rows.append(row)
+    return rows
+
+
+def scan2cap_val_matches(scene: Scene, corpus_ids: list[int]) -> dict[int, tuple[int, float]]:
+    """Chat-Scene's matching: each proposal picks its best GT (in the corpus); each GT keeps its best."""
+    if not corpus_ids:
+        return {}
+    iou = scene.iou_matrix()[:, corpus_ids]
+    matches: dict[int, tuple[int, float]] = {}
+    for proposal, column in enumerate(iou.argmax(1)):
+        gt_id, value = corpus_ids[int(column)], float(iou[proposal, column])
+        if value > 0 and (gt_id not in matches or value > matches[gt_id][1]):
+            matches[gt_id] = (proposal, value)
+    return matches
+
+
+def scan2cap_rows(
+    rng: np.random.Generator, scene: Scene, descs: dict[int, list[str]], split: str
+) -> list[Row]:
+    def prompt(proposal: int) -> str:
+        return SCAN2CAP_PROMPTS[int(rng.integers(len(SCAN2CAP_PROMPTS)))].format(obj=obj_token(proposal))
+
+    rows = []
+    if split == "train":
+        for gt_id, texts in descs.items():
+            best, iou = scene.best_proposal(gt_id)
+            if iou < IOU_THRESHOLD:
+                continue
+            rows += [
+                {
+                    "scene_id": scene.scene_id,
+                    "obj_id": gt_id,
+                    "pred_id": best,
+                    "prompt": prompt(best),
+                    "caption": sentence_case(t),
+                    "iou": iou,
+                }
+                for t in texts
+            ]
+        return rows
+    for gt_id, (proposal, iou) in sorted(scan2cap_val_matches(scene, sorted(descs)).items()):
+        rows.append(
+            {
+                "scene_id": scene.scene_id,
+                "obj_id": gt_id,
+                "pred_id": proposal,
+                "prompt": prompt(proposal),
+                "ref_captions": [sentence_case(t) for t in descs[gt_id]],
+                "iou": iou,
+            }
+        )
+    return rows
+
+
+def _unique_class_objects(scene: Scene) -> list[SceneObject]:
+    return [o for o in scene.objects if scene.count(o.cls) == 1]
+
+
+def _scanqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[tuple[str, list[str], SceneObject]]:
+    for obj in _unique_class_objects(scene):
+        q = rng.choice(
+            ["What color is the {c}?", "What is the color of the {c}?", "What colour is the {c} in the room?"]
+        )
+        yield q.format(c=obj.name), [obj.colour_name], obj
+        nb = scene.nearest_neighbour(obj)
+        if rng.random() < 0.5:
+            answer = nb.name if rng.random() < 0.8 else f"the {nb.name}"
+            yield f"What is next to the {obj.name}?", [answer], obj
+    for obj in scene.objects:
+        if sum(o.colour == obj.colour for o in scene.objects) == 1:
+            yield f"What is the {obj.colour_name} object?", [obj.name, f"{obj.colour_name} {obj.name}"], obj
+    for cls in sorted({o.cls for o in scene.objects}):
+        members = scene.members(cls)
+        if 2 <= len(members) <= 5:
+            yield f"How many {CLASSES[cls].plural} are in the room?", [NUMBER_WORDS[len(members)]], members[0]
+
+
+def scanqa_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
+    rows = []
+    for question, answers, obj in _scanqa_questions(rng, scene):
+        base = {"scene_id": scene.scene_id, "obj_id": obj.gt_id, "prompt": question + QA_SUFFIX}
+        if split == "train":
+            rows += [{**base, "caption": a.capitalize() + "."} for a in dict.fromkeys(answers)]
+        else:
+            rows.append({**base, "ref_captions": answers})
+    return rows
+
+
+SQA_TYPES = ("what", "is", "how", "can", "which")
+
+
+def sqa_type(question: str) -> int:
+    first = question.split()[0].lower()
+    return SQA_TYPES.index(first) if first in SQA_TYPES else 5
+
+
+def _situation(rng: np.random.Generator, scene: Scene) -> str:
+    a, b = rng.choice(len(scene.objects), size=2, replace=False)
+    oa, ob = scene.objects[int(a)], scene.objects[int(b)]
+    options = [
+        f"I am standing next to the {oa.name} facing the {ob.name}.",
+        f"I am standing by the {oa.name}.",
+        f"I just walked past the {oa.name} and the {ob.name} is in front of me.",
+    ]
+    sittable = [o for o in scene.objects if CLASSES[o.cls].sittable]
+    if sittable:
+        options.append(f"I am sitting on the {sittable[int(rng.integers(len(sittable)))].name}.")
+    return options[int(rng.integers(len(options)))]
+
+
+def _sqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[tuple[str, str]]:
+    present = sorted({o.cls for o in scene.objects})
+    for obj in _unique_class_objects(scene):
+        yield f"What color is the {obj.name} in front of me?", obj.colour_name
+        other = COLOURS[(obj.colour + int(rng.integers(1, len(COLOURS)))) % len(COLOURS)]
+        colour = obj.colour_name if rng.random() < 0.5 else other
+        yield f"Does the {obj.name} have a {colour} color?", "yes" if colour == obj.colour_name else "no"
+    for cls in range(len(CLASSES)):
+        if cls in present or rng.random() < 0.3:
+            answer = "yes" if cls in present else "no"
+            yield f"Is there a {CLASSES[cls].name} in this room?", answer
+    for cls in present:
+        members = scene.members(cls)
+        if 1 <= len(members) <= 5 and rng.random() < 0.6:
+            yield f"How many {CLASSES[cls].plural} are there?", NUMBER_WORDS[len(members)]
+    for obj in rng.permutation(len(scene.objects))[:3]:
+        o = scene.objects[int(obj)]
+        yield f"Can I sit on the {o.name}?", "yes" if CLASSES[o.cls].sittable else "no"
+    uniques = _unique_class_objects(scene)
+    for _ in range(min(3, len(uniques) // 2)):
+        i, j = rng.choice(len(uniques), size=2, replace=False)
+        a, b = uniques[int(i)], uniques[int(j)]
+        bigger = a if np.prod(a.size) > np.prod(b.size) else b
+        yield f"Which is bigger, the {a.name} or the {b.name}?", bigger.name
+
+
+def sqa3d_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
+    rows = []
+    for question, answer in _sqa_questions(rng, scene):
+        prompt = f"{_situation(rng, scene)} {question}{QA_SUFFIX}"
+        base = {"scene_id": scene.scene_id, "obj_id": 0, "prompt": prompt, "sqa_type": sqa_type(question)}
+        if split == "train":
+            rows.append({**base, "caption": answer.capitalize() + "."})
+        else:
+            rows.append({**base, "ref_captions": [answer]})
+    return rows
