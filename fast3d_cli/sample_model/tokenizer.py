@@ -13,7 +13,7 @@ from typing import Any
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
 
-def build_tokenizer(texts: Iterable[str], obj_tokens: list[str]) -> Any:
+def build_tokenizer(texts: Iterable[str], obj_tokens: list[str] | None = None) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import WordLevelTrainer
     from transformers import PreTrainedTokenizerFast
@@ -30,5 +30,6 @@ def build_tokenizer(texts: Iterable[str], obj_tokens: list[str]) -> Any:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
     )
-    tokenizer.add_tokens(obj_tokens, special_tokens=True)
+    if obj_tokens:
+        tokenizer.add_tokens(obj_tokens, special_tokens=True)
     return tokenizer

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small sample world and a tiny random Chat-Scene model built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fast3d_cli.data import DataConfig
+from fast3d_cli.sample_world import WorldSpec, generate_world
+
+SMALL_WORLD = WorldSpec(n_train_scenes=4, n_val_scenes=3, val_samples_per_task=12, train_samples_per_task=40)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, SMALL_WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_config(world_dir: Path) -> DataConfig:
+    return DataConfig(root=world_dir / "annotations")
+
+
+def build_tiny_model(data: DataConfig, seed: int = 0, hidden: int = 32, layers: int = 2):
+    import torch
+
+    from fast3d_cli.data import SceneBank, load_samples
+    from fast3d_cli.data.tasks import TASKS
+    from fast3d_cli.models.chat_scene import ChatSceneConfig, ChatSceneModel
+    from fast3d_cli.sample_model.tokenizer import build_tokenizer
+    from fast3d_cli.sample_model.train import _vocabulary_texts
+
+    torch.manual_seed(seed)
+    samples = [s for t in TASKS for split in ("train", "val") for s in load_samples(data, t, split)]
+    d3, d2 = SceneBank(data, "train").feature_dims
+    base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
+    tokenizer = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = ChatSceneConfig(text_config=text_config, feat_dim_3d=d3, feat_dim_2d=d2)
+    return ChatSceneModel(config, tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(data_config: DataConfig):
+    return build_tiny_model(data_config)
