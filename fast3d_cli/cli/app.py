@@ -22,12 +22,20 @@ app.command("eval", rich_help_panel="Stages")(eval_command.eval_command)
 app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world")
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: user errors are one line on stderr and code 2."""
     try:
-        app()
+        app(args=argv, prog_name="fast3d")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except UserError as err:
         print(f"fast3d: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("fast3d: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

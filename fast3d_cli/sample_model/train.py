@@ -32,6 +32,8 @@ class TrainSpec:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     log_every: int = 20
+    eval_every: int = 150
+    eval_samples: int = 48
 
 
 def _vocabulary_texts(samples, config) -> list[str]:
@@ -45,6 +47,32 @@ def _vocabulary_texts(samples, config) -> list[str]:
         if s.caption:
             texts.append(s.caption)
     return texts
+
+
+def _teacher_forced_accuracy(model, bank, samples) -> dict[str, float]:
+    """First-answer-token and whole-answer accuracy of teacher-forced predictions (a cheap learning probe)."""
+    import torch
+
+    feats = [bank.object_features(s.scene_id) for s in samples]
+    answers = [_probe_answer(s) for s in samples]
+    with torch.no_grad():
+        inputs = model.build_inputs(
+            [s.prompt for s in samples],
+            torch.stack([f[0] for f in feats]),
+            torch.stack([f[1] for f in feats]),
+            answers=answers,
+        )
+        predicted = model(inputs).logits[:, :-1].argmax(-1)
+    labels = inputs.labels[:, 1:]
+    answer_mask = labels != -100
+    correct = (predicted == labels) | ~answer_mask
+    first = [int(correct[i, int(inputs.answer_start[i]) - 1]) for i in range(len(samples))]
+    return {"first_token": sum(first) / len(first), "whole_answer": correct.all(1).float().mean().item()}
+
+
+def _probe_answer(sample) -> str:
+    reference = sample.ref_captions[0]
+    return reference if reference.endswith(".") else reference.capitalize() + "."
 
 
 def _lr_lambda(spec: TrainSpec):
@@ -69,6 +97,10 @@ def train_sample_model(out_dir: Path, data: DataConfig | None = None, spec: Trai
     torch.manual_seed(spec.seed)
     samples = [s for task in TASKS for s in load_samples(data, task, "train")]
     bank = SceneBank(data, "train")
+    val_bank = SceneBank(data, "val")
+    probes = {  # multi3dref val answers are GT ids, not text: it has no teacher-forced probe
+        task: load_samples(data, task, "val")[: spec.eval_samples] for task in TASKS if task != "multi3dref"
+    }
     d3, d2 = bank.feature_dims
     base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
     tokenizer = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
@@ -126,6 +158,12 @@ def train_sample_model(out_dir: Path, data: DataConfig | None = None, spec: Trai
                 "lr": scheduler.get_last_lr()[0],
                 "elapsed_s": round(time.time() - start, 1),
             }
+            if step % spec.eval_every == 0 or step == spec.steps - 1:
+                model.eval()
+                entry["val_accuracy"] = {
+                    t: _teacher_forced_accuracy(model, val_bank, s) for t, s in probes.items()
+                }
+                model.train()
             log.append(entry)
             print(json.dumps(entry), file=sys.stderr, flush=True)
     model.eval()
