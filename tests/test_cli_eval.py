@@ -33,10 +33,27 @@ def test_help_is_fast_and_lists_the_stages() -> None:
     assert result.returncode == 0 and "eval" in result.stdout and "sample" in result.stdout
 
 
-def test_eval_writes_predictions_and_metrics_and_resumes(capsys, model_dir: Path, data_config, tmp_path) -> None:
+def test_eval_writes_predictions_and_metrics_and_resumes(
+    capsys, model_dir: Path, data_config, tmp_path
+) -> None:
     out = tmp_path / "run"
-    common = ["eval", "--model", str(model_dir), "--data-root", str(data_config.root), "-o", str(out),
-              "--limit", "3", "--num-beams", "2", "--max-new-tokens", "6", "--batch-size", "2"]
+    common = [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--data-root",
+        str(data_config.root),
+        "-o",
+        str(out),
+        "--limit",
+        "3",
+        "--num-beams",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+    ]
     code, stdout, stderr = fast3d(capsys, *common)
     assert code == 0, stderr
     assert stdout == f"{out / 'metrics.json'}\n"  # stdout carries only the path; the table goes to stderr
@@ -61,10 +78,27 @@ def test_eval_writes_predictions_and_metrics_and_resumes(capsys, model_dir: Path
     assert (out / "predictions" / "scanqa.jsonl").read_text().splitlines() == records
 
 
-def test_changed_settings_are_refused_without_overwrite(capsys, model_dir: Path, data_config, tmp_path) -> None:
+def test_changed_settings_are_refused_without_overwrite(
+    capsys, model_dir: Path, data_config, tmp_path
+) -> None:
     out = tmp_path / "run"
-    common = ["eval", "--model", str(model_dir), "--data-root", str(data_config.root), "-o", str(out),
-              "--tasks", "scanrefer", "--limit", "1", "--num-beams", "1", "--max-new-tokens", "4"]
+    common = [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--data-root",
+        str(data_config.root),
+        "-o",
+        str(out),
+        "--tasks",
+        "scanrefer",
+        "--limit",
+        "1",
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "4",
+    ]
     assert fast3d(capsys, *common)[0] == 0
     code, stdout, stderr = fast3d(capsys, *common[:-1], "5")
     assert code == 2 and "different settings" in stderr and stdout == ""
@@ -90,7 +124,9 @@ def test_changed_settings_are_refused_without_overwrite(capsys, model_dir: Path,
         (["--dtype", "float8"], "unknown --dtype 'float8'"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(capsys, args: list[str], message: str, model_dir: Path, tmp_path) -> None:
+def test_user_errors_exit_2_with_one_line(
+    capsys, args: list[str], message: str, model_dir: Path, tmp_path
+) -> None:
     extra = [] if "--model" in args or "--checkpoint" in args else ["--model", str(model_dir)]
     code, stdout, stderr = fast3d(capsys, "eval", "-o", str(tmp_path / "o"), *extra, *args)
     assert code == 2, stderr

@@ -56,7 +56,7 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
     config = DataConfig(root=tmp_path)
     with pytest.raises(DataFileError, match=str(tmp_path / "scanqa_val.json")):
         load_samples(config, "scanqa", "val")
-    with pytest.raises(DataFileError, match="scannet_mask3d_uni3d_feats.pt"):
+    with pytest.raises(DataFileError, match=r"scannet_mask3d_uni3d_feats\.pt"):
         SceneBank(config, "val").feats_3d  # noqa: B018
 
 

@@ -18,7 +18,7 @@ from fast3d_cli.metrics import (
         ("   brown  ", "brown"),  # strip spaces
         ("brown    wooden   chair", "brown wooden chair"),  # collapse spaces
         ("left.  right", "left right"),  # ". " normalisation, then "." deleted
-        ("chair!?;()\"[]/&", "chair"),  # punctuation outside [a-z0-9,'\s-:] deleted
+        ('chair!?;()"[]/&', "chair"),  # punctuation outside [a-z0-9,'\s-:] deleted
         ("it's black-ish, 3:30", "it's black-ish, three:30"),  # kept: ' , - :
         ("façade’s", "faades"),  # ç and ’ are deleted before their (no-op) rules
         ("letf", "left"),

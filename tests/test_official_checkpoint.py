@@ -28,12 +28,22 @@ def base_llm(tmp_path_factory: pytest.TempPathFactory, data_config: DataConfig) 
     from fast3d_cli.sample_model.tokenizer import build_tokenizer
 
     texts = [s.prompt for s in load_samples(data_config, "scanqa", "train")]
-    texts += ["A chat between a curious user and an artificial intelligence assistant. USER ASSISTANT : [ ] ."]
+    texts += [
+        "A chat between a curious user and an artificial intelligence assistant. USER ASSISTANT : [ ] ."
+    ]
     tokenizer = build_tokenizer(texts)
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     out = tmp_path_factory.mktemp("vicuna-tiny")
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -151,7 +161,9 @@ def test_foreign_pickled_objects_become_inert(tmp_path: Path) -> None:
     import os
 
     class_path = tmp_path / "x.pth"
-    torch.save({"model": {"w": torch.ones(1)}, "config": ChatSceneTrainConfig(a=1), "call": Exploit()}, class_path)
+    torch.save(
+        {"model": {"w": torch.ones(1)}, "config": ChatSceneTrainConfig(a=1), "call": Exploit()}, class_path
+    )
     loaded = load_checkpoint(class_path)
     assert isinstance(loaded["config"], InertObject) and loaded["config"]["a"] == 1
     assert isinstance(loaded["call"], InertObject) and not (tmp_path / "pwned").exists()

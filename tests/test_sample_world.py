@@ -1,4 +1,4 @@
-"""The sample world generator: deterministic, in the Chat-Scene formats, with the properties the tasks need."""
+"""The sample world generator: deterministic, in the Chat-Scene formats, with what the tasks need."""
 
 from __future__ import annotations
 

@@ -6,19 +6,22 @@ import sys
 
 import typer
 
-from fast3d_cli.cli import eval_command, sample_commands
+from fast3d_cli.cli import eval_command, extract_command, info_command, sample_commands
 from fast3d_cli.errors import UserError
 
 app = typer.Typer(
     name="fast3d",
     help="Fast visual-token pruning for 3D multimodal LLMs (Chat-Scene), following Fast3D.\n\n"
-    "Stages: eval (target model -> task metrics).",
+    "Stages, in pipeline order: extract (target model -> attention maps), eval (target model -> task "
+    "metrics). Inspect any store with info.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command("extract", rich_help_panel="Stages")(extract_command.extract_command)
 app.command("eval", rich_help_panel="Stages")(eval_command.eval_command)
+app.command("info", rich_help_panel="Stores")(info_command.info_command)
 app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,20 @@ DataRootOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout instead of the path.")
 ]
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="fast3d model directory (default: sample model).")
+]
+CheckpointOption = Annotated[
+    Path | None, typer.Option("--checkpoint", help="Official Chat-Scene .pth checkpoint.")
+]
+BaseLLMOption = Annotated[Path | None, typer.Option("--base-llm", help="Base LLM folder for --checkpoint.")]
+LoraAlphaOption = Annotated[
+    float | None, typer.Option("--lora-alpha", help="LoRA alpha of --checkpoint (default: r).")
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+]
 
 
 def data_config(config: Path | None, data_root: Path | None) -> DataConfig:
@@ -31,6 +46,23 @@ def data_config(config: Path | None, data_root: Path | None) -> DataConfig:
 
 def default_model_dir() -> Path:
     return sample_data_dir() / "model"
+
+
+def model_source(
+    model: Path | None, checkpoint: Path | None, base_llm: Path | None, lora_alpha: float | None
+):
+    from fast3d_cli.models.loading import ModelSource
+
+    return ModelSource(
+        model_dir=model or (None if checkpoint else default_model_dir()),
+        checkpoint=checkpoint,
+        base_llm=base_llm,
+        lora_alpha=lora_alpha,
+    )
+
+
+def command_line() -> str:
+    return shlex.join(["fast3d", *sys.argv[1:]])
 
 
 def emit(path: Path, payload: Any, as_json: bool) -> None:

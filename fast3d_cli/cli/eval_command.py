@@ -9,12 +9,18 @@ from typing import Annotated
 import typer
 
 from fast3d_cli.cli.common import (
+    BaseLLMOption,
+    CheckpointOption,
     ConfigOption,
     DataRootOption,
+    DeviceOption,
+    DtypeOption,
     JsonOption,
+    LoraAlphaOption,
+    ModelOption,
     data_config,
-    default_model_dir,
     emit,
+    model_source,
 )
 
 
@@ -24,14 +30,10 @@ def eval_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path(
         "runs/eval-dense"
     ),
-    model: Annotated[Path | None, typer.Option("--model", help="fast3d model directory.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Official Chat-Scene .pth.")] = None,
-    base_llm: Annotated[
-        Path | None, typer.Option("--base-llm", help="Base LLM folder for --checkpoint.")
-    ] = None,
-    lora_alpha: Annotated[
-        float | None, typer.Option(help="LoRA alpha of --checkpoint (default: rank).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    base_llm: BaseLLMOption = None,
+    lora_alpha: LoraAlphaOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
     num_beams: Annotated[int, typer.Option(min=1)] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -44,10 +46,8 @@ def eval_command(
     scan2cap_sos_eos: Annotated[
         str, typer.Option(help="Scan2Cap sos/eos handling: official, match-corpus or strip.")
     ] = "official",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
-    ] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing evaluation made with other settings.")
     ] = False,
@@ -64,18 +64,12 @@ def eval_command(
     from fast3d_cli.evaluation import EvalSettings, run_eval
     from fast3d_cli.generation import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
-    from fast3d_cli.models.loading import ModelSource
 
     task_names = parse_tasks(tasks)
     (split_name,) = parse_splits(split)
     MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)  # validates the choice before any work
     data = data_config(config, data_root)
-    source = ModelSource(
-        model_dir=model or (None if checkpoint else default_model_dir()),
-        checkpoint=checkpoint,
-        base_llm=base_llm,
-        lora_alpha=lora_alpha,
-    )
+    source = model_source(model, checkpoint, base_llm, lora_alpha)
     settings = EvalSettings(
         tasks=tuple(task_names),
         split=split_name,

@@ -10,27 +10,35 @@ from rich.table import Table
 
 
 class TaskProgress:
-    """One bar per task, updated through :meth:`update` (the library's progress callback)."""
+    """One bar per task, updated through :meth:`update` (the library's progress callback).
 
-    def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description:>10}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
+    The display starts with the first update, so a command that fails early prints only its error line.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._progress: Progress | None = None
         self._bars: dict[str, Any] = {}
 
     def __enter__(self) -> TaskProgress:
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self._progress is not None:
+            self._progress.stop()
 
     def update(self, name: str, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description:>16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
         if name not in self._bars:
             self._bars[name] = self._progress.add_task(name, total=total)
         self._progress.update(self._bars[name], completed=done, total=total)

@@ -88,15 +88,44 @@ class ChatSceneModel(nn.Module):
         answers: Sequence[str] | None = None,
     ) -> ModelInputs:
         """Embed a batch into the Chat-Scene layout, left-padded (with ``answers``: labels too)."""
+        user_ids = [self.layout.user_ids(p) for p in prompts]
+        answer_ids = (
+            [self.layout.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
+        )
+        inputs = self.assemble(
+            [u + a for u, a in zip(user_ids, answer_ids, strict=True)],
+            feats_3d,
+            feats_2d,
+            [len(a) for a in answer_ids],
+        )
+        if answers is None:
+            inputs.labels = None
+        return inputs
+
+    def build_teacher_forced(
+        self, prompts: Sequence[str], captions: Sequence[str], feats_3d: torch.Tensor, feats_2d: torch.Tensor
+    ) -> tuple[ModelInputs, torch.Tensor, torch.Tensor]:
+        """The attention-extraction input (spec §3): text = " {prompt} ASSISTANT: {caption}" tokenised as one
+        string, no EOS. Also returns each sample's text length and the token count of " {prompt} "."""
+        texts = [self.layout.teacher_text(p, c) for p, c in zip(prompts, captions, strict=True)]
+        text_ids = [self.layout.encode(t) for t in texts]
+        prompt_len = torch.tensor([len(self.layout.encode(f" {p} ")) for p in prompts])
+        inputs = self.assemble(text_ids, feats_3d, feats_2d, [0] * len(texts))
+        inputs.labels = None
+        return inputs, torch.tensor([len(t) for t in text_ids]), prompt_len
+
+    def assemble(
+        self,
+        text_ids: Sequence[list[int]],
+        feats_3d: torch.Tensor,
+        feats_2d: torch.Tensor,
+        n_labels: Sequence[int],
+    ) -> ModelInputs:
+        """[p_0 | objects | p_1 | text] per sample, left-padded; the last n_labels[i] tokens are labels."""
         layout = self.layout
         objects = self.object_embeddings(feats_3d, feats_2d)
         head, tail = self._embed(layout.prefix_ids), self._embed(layout.suffix_ids)
-        user_ids = [layout.user_ids(p) for p in prompts]
-        answer_ids = [layout.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
-        sequences = [
-            torch.cat([head, objects[i], tail, self._embed(user_ids[i] + answer_ids[i])])
-            for i in range(len(prompts))
-        ]
+        sequences = [torch.cat([head, objects[i], tail, self._embed(ids)]) for i, ids in enumerate(text_ids)]
         batch, length = len(sequences), max(s.shape[0] for s in sequences)
         embeds = sequences[0].new_zeros(batch, length, sequences[0].shape[-1])
         mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
@@ -105,8 +134,8 @@ class ChatSceneModel(nn.Module):
         for i, seq in enumerate(sequences):
             embeds[i, pad[i] :] = seq
             mask[i, pad[i] :] = 1
-            if answer_ids[i]:
-                labels[i, length - len(answer_ids[i]) :] = torch.tensor(answer_ids[i])
+            if n_labels[i]:
+                labels[i, length - n_labels[i] :] = torch.tensor(text_ids[i][-n_labels[i] :])
         text_offset = layout.n_prefix + objects.shape[1] + len(layout.suffix_ids)
         return ModelInputs(
             inputs_embeds=embeds,
@@ -114,8 +143,8 @@ class ChatSceneModel(nn.Module):
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             visual_start=pad + layout.n_prefix,
             text_start=pad + text_offset,
-            answer_start=torch.tensor([length - len(a) for a in answer_ids]),
-            labels=labels if answers is not None else None,
+            answer_start=torch.tensor([length - n for n in n_labels]),
+            labels=labels,
         )
 
     def _embed(self, ids: list[int]) -> torch.Tensor:

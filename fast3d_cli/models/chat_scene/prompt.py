@@ -30,13 +30,13 @@ class PromptLayout:
     @cached_property
     def prefix_ids(self) -> list[int]:
         """p_0: the text before the object list, with BOS."""
-        ids = self._encode(self.prefix_text[0])
+        ids = self.encode(self.prefix_text[0])
         return [self.tokenizer.bos_token_id, *ids]
 
     @cached_property
     def suffix_ids(self) -> list[int]:
         """p_1: "]. USER: " between the object list and the user text, no special tokens."""
-        return self._encode(self.prefix_text[1])
+        return self.encode(self.prefix_text[1])
 
     @property
     def n_prefix(self) -> int:
@@ -51,11 +51,15 @@ class PromptLayout:
         return f" {prompt} {self.config.roles[1]}: "
 
     def user_ids(self, prompt: str) -> list[int]:
-        return self._encode(self.user_text(prompt))
+        return self.encode(self.user_text(prompt))
 
     def answer_ids(self, answer: str) -> list[int]:
         """Training target: the answer followed by EOS."""
-        return [*self._encode(answer), self.tokenizer.eos_token_id]
+        return [*self.encode(answer), self.tokenizer.eos_token_id]
 
-    def _encode(self, text: str) -> list[int]:
+    def teacher_text(self, prompt: str, caption: str) -> str:
+        """Text after the object list for attention extraction (spec §3), without EOS."""
+        return f"{self.user_text(prompt)}{caption}"
+
+    def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,88 @@
+"""``fast3d extract``: target model -> attention-map store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fast3d_cli.cli.common import (
+    BaseLLMOption,
+    CheckpointOption,
+    ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    DtypeOption,
+    JsonOption,
+    LoraAlphaOption,
+    ModelOption,
+    command_line,
+    data_config,
+    emit,
+    model_source,
+)
+
+
+def extract_command(
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
+    split: Annotated[str, typer.Option("--split", help="Comma-separated splits.")] = "train,val",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Store to create or complete.")] = Path(
+        "maps.zarr"
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 8,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the teacher-caption choice on val.")] = 42,
+    keep_layers: Annotated[bool, typer.Option(help="Also store per-layer and per-token scores.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a store made with another model, data or settings.")
+    ] = False,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    base_llm: BaseLLMOption = None,
+    lora_alpha: LoraAlphaOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Extract the target model's global attention maps into a resumable zarr store.
+
+    Example: [bold]fast3d extract --tasks scanqa,scanrefer --split train,val -o maps.zarr[/bold]
+    Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli extract ...[/bold]
+    """
+    from fast3d_cli.attention.extract import ExtractSettings, extract
+    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.data.tasks import parse_splits, parse_tasks
+    from fast3d_cli.launch import distributed_context
+
+    settings = ExtractSettings(
+        tasks=tuple(parse_tasks(tasks)),
+        splits=tuple(parse_splits(split)),
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        seed=seed,
+        keep_layers=keep_layers,
+    )
+    data = data_config(config, data_root)
+    source = model_source(model, checkpoint, base_llm, lora_alpha)
+    fingerprint = source.fingerprint()
+    with distributed_context(device) as dist:
+        target = source.load(device=dist.device, dtype=dtype)
+        with TaskProgress(enabled=dist.is_main) as progress:
+            result = extract(
+                target,
+                fingerprint,
+                data,
+                settings,
+                output,
+                command=command_line(),
+                overwrite=overwrite,
+                rank=dist.rank,
+                world=dist.world,
+                barrier=dist.barrier,
+                progress=progress.update,
+            )
+    if dist.is_main:
+        emit(output, result, as_json)

@@ -1,0 +1,49 @@
+"""``fast3d info STORE``: what a store holds, how complete it is, and where it came from."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fast3d_cli.cli.common import JsonOption, emit
+
+
+def info_command(
+    store: Annotated[Path, typer.Argument(help="A fast3d store, or '-' to read its path from stdin.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show the tasks, sample counts, completeness and provenance of a store.
+
+    Example: [bold]fast3d info maps.zarr --json[/bold]
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from fast3d_cli.stores import open_store
+
+    if str(store) == "-":
+        store = Path(sys.stdin.readline().strip())
+    summary = open_store(store).summary()
+    if as_json:
+        emit(store, summary, as_json=True)
+        return
+    console = Console(stderr=True)
+    console.print(f"[bold]{store}[/bold]  kind={summary['kind']}  schema={summary['schema_version']}")
+    for key in ("model", "data", "version", "command"):
+        console.print(f"  {key}: {summary.get(key)}")
+    table = Table()
+    for column in ("task/split", "samples", "written", "chunks", "complete"):
+        table.add_column(column)
+    for group in summary["groups"]:
+        table.add_row(
+            f"{group['task']}/{group['split']}",
+            str(group["n_samples"]),
+            str(group["written_samples"]),
+            group["chunks"],
+            "yes" if group["complete"] else "no",
+        )
+    console.print(table)
+    emit(store, None, as_json=False)

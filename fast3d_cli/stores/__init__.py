@@ -1,0 +1,13 @@
+"""Chunked zarr stores of attention maps: the artifact every stage reads and writes."""
+
+from fast3d_cli.stores.store import (
+    KINDS,
+    SCHEMA_VERSION,
+    MapGroup,
+    MapStore,
+    StoreError,
+    create_store,
+    open_store,
+)
+
+__all__ = ["KINDS", "SCHEMA_VERSION", "MapGroup", "MapStore", "StoreError", "create_store", "open_store"]
