@@ -30,7 +30,9 @@ def test_help_is_fast_and_lists_the_stages() -> None:
     code = "import sys, fast3d_cli.cli.app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # no torch import for --help
     result = subprocess.run([sys.executable, "-m", "fast3d_cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "eval" in result.stdout and "sample" in result.stdout
+    assert result.returncode == 0
+    assert all(stage in result.stdout for stage in ("extract", "eval", "info", "sample"))
+    assert result.stdout.index("extract") < result.stdout.index("eval")  # pipeline order
 
 
 def test_eval_writes_predictions_and_metrics_and_resumes(

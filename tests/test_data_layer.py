@@ -88,6 +88,8 @@ def test_task_and_split_parsing() -> None:
     assert parse_tasks("scanqa, scanrefer,scanqa") == ["scanqa", "scanrefer"]
     with pytest.raises(UserError, match="valid tasks: scanrefer, multi3dref, scan2cap, scanqa, sqa3d"):
         parse_tasks("scanqa,nope")
+    with pytest.raises(UserError, match="unknown task 'obj_align'"):
+        parse_tasks("obj_align")  # training-only data: no metric to evaluate
     assert parse_splits("train,val") == ["train", "val"]
     with pytest.raises(UserError, match="unknown split 'test'"):
         parse_splits("test")

@@ -97,3 +97,16 @@ def test_answer_formats() -> None:
     assert multi3dref_answer([9, 3]) == "Yes. <OBJ003> and <OBJ009>."
     assert multi3dref_answer([1, 2, 30]) == "Yes. <OBJ001>, <OBJ002>, and <OBJ030>."
     assert sentence_case("this is a chair. it is red.") == "This is a chair. It is red."
+
+
+def test_obj_align_training_data_names_good_proposals(data_config: DataConfig) -> None:
+    bank = SceneBank(data_config, "train")
+    rows = load_samples(data_config, "obj_align", "train")
+    assert rows
+    for sample in rows[:50]:
+        ids = parse_object_ids(sample.prompt)
+        assert parse_object_ids(sample.caption) == ids
+        iou = pairwise_box_iou(
+            bank.proposal_locs(sample.scene_id)[ids], bank.gt_attributes[sample.scene_id]["locs"]
+        )
+        assert (iou.max(1) >= 0.5).all()

@@ -35,7 +35,7 @@ def build_world(
 def train_model(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Model directory.")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Annotation folder.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 900,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the recipe's).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
 ) -> None:
     """Train the tiny Chat-Scene-architecture model on the sample train split.
@@ -47,5 +47,6 @@ def train_model(
 
     data = DataConfig().with_overrides(root=data_root)
     out = output or sample_data_dir() / "model"
-    train_sample_model(out, data, TrainSpec(steps=steps, seed=seed))
+    spec = TrainSpec(seed=seed) if steps is None else TrainSpec(steps=steps, seed=seed)
+    train_sample_model(out, data, spec)
     emit(out, None, as_json=False)

@@ -34,11 +34,17 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# Training-only data with no evaluation metric. Chat-Scene also trains on object-alignment data (obj_align).
+AUXILIARY_TASKS: dict[str, TaskSpec] = {
+    "obj_align": TaskSpec("obj_align", "obj_align_mask3d_{split}.json", grounding=False),
+}
+
+
 def get_task(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
+    spec = TASKS.get(name) or AUXILIARY_TASKS.get(name)
+    if spec is None:
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return spec
 
 
 def parse_tasks(text: str | None) -> list[str]:
@@ -47,7 +53,8 @@ def parse_tasks(text: str | None) -> list[str]:
         return list(TASKS)
     names = [part.strip() for part in text.split(",") if part.strip()]
     for name in names:
-        get_task(name)
+        if name not in TASKS:
+            raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return list(dict.fromkeys(names))
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fast3d_cli.data import DataConfig, SceneBank, load_samples
-from fast3d_cli.data.tasks import TASKS
+from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,14 @@ class TrainSpec:
     num_heads: int = 4
     intermediate_size: int = 512
     batch_size: int = 32
-    steps: int = 900
-    lr: float = 2e-3
+    steps: int = 1000
+    lr: float = 3e-3
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 60
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     log_every: int = 20
-    eval_every: int = 150
+    eval_every: int = 200
     eval_samples: int = 48
 
 
@@ -95,7 +95,7 @@ def train_sample_model(out_dir: Path, data: DataConfig | None = None, spec: Trai
     data = data or DataConfig()
     spec = spec or TrainSpec()
     torch.manual_seed(spec.seed)
-    samples = [s for task in TASKS for s in load_samples(data, task, "train")]
+    samples = [s for task in [*TASKS, *AUXILIARY_TASKS] for s in load_samples(data, task, "train")]
     bank = SceneBank(data, "train")
     val_bank = SceneBank(data, "val")
     probes = {  # multi3dref val answers are GT ids, not text: it has no teacher-forced probe

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from fast3d_cli.data.formats import feature_key, write_json, write_pt
-from fast3d_cli.data.tasks import TASKS
+from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
 from fast3d_cli.sample_world import tasks as rows
 from fast3d_cli.sample_world.scene import FeatureModel, Scene, sample_scene
 from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class WorldSpec:
     feature_noise: float = 0.35
     val_samples_per_task: int = 160
     train_samples_per_task: int = 4000
+    obj_align_per_scene: int = 60
 
 
 def _scenes(spec: WorldSpec, rng: np.random.Generator) -> dict[str, list[Scene]]:
@@ -128,6 +129,10 @@ def generate_world(out_dir: Path, spec: WorldSpec | None = None) -> dict[str, An
                 task_rows = _subsample(rng, task_rows, limit)
             write_json(root / TASKS[task].annotation_file(split), task_rows, indent=1)
             counts.setdefault(task, {})[split] = len(task_rows)
+        if split == "train":
+            align = [r for s in split_scenes for r in rows.obj_align_rows(rng, s, spec.obj_align_per_scene)]
+            write_json(root / AUXILIARY_TASKS["obj_align"].annotation_file(split), align, indent=1)
+            counts["obj_align"] = {"train": len(align)}
         write_pt(root / f"scannet_mask3d_{split}_attributes.pt", _attributes(split_scenes, proposals=True))
         write_pt(root / f"scannet_{split}_attributes.pt", _attributes(split_scenes, proposals=False))
     f3d, f2d = _features(spec, rng, all_scenes)

@@ -14,6 +14,7 @@ from fast3d_cli.sample_world.vocabulary import (
     COLOURS,
     MULTI3DREF_PROMPTS,
     NUMBER_WORDS,
+    OBJ_ALIGN_PROMPTS,
     QA_SUFFIX,
     SCAN2CAP_PROMPTS,
     SCANREFER_PROMPTS,
@@ -280,4 +281,31 @@ def sqa3d_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
             rows.append({**base, "caption": answer.capitalize() + "."})
         else:
             rows.append({**base, "ref_captions": [answer]})
+    return rows
+
+
+def _id_list(tokens: list[str]) -> str:
+    return tokens[0] if len(tokens) == 1 else f"{', '.join(tokens[:-1])} and {tokens[-1]}"
+
+
+def obj_align_rows(rng: np.random.Generator, scene: Scene, n_rows: int, max_objects: int = 10) -> list[Row]:
+    """Object-alignment training data (Chat-Scene trains on obj_align too): what several <OBJnnn> are.
+
+    Only proposals that localise a real object well answer with its class and colour.
+    """
+    iou = scene.iou_matrix()
+    good = [j for j in range(len(scene.proposals)) if iou[j].max() >= IOU_THRESHOLD]
+    rows = []
+    for _ in range(n_rows if good else 0):
+        k = int(rng.integers(1, min(max_objects, len(good)) + 1))
+        picks = sorted(int(j) for j in rng.choice(good, size=k, replace=False))
+        objects = [scene.objects[int(iou[j].argmax())] for j in picks]
+        tokens = [obj_token(j) for j in picks]
+        prompt = OBJ_ALIGN_PROMPTS[int(rng.integers(len(OBJ_ALIGN_PROMPTS)))].format(ids=_id_list(tokens))
+        caption = " ".join(
+            f"{t} is a {o.colour_name} {o.name}." for t, o in zip(tokens, objects, strict=True)
+        )
+        rows.append(
+            {"scene_id": scene.scene_id, "obj_id": objects[0].gt_id, "prompt": prompt, "caption": caption}
+        )
     return rows

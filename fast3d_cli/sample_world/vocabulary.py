@@ -85,3 +85,10 @@ SCAN2CAP_PROMPTS: tuple[str, ...] = (
 )
 
 QA_SUFFIX = " Answer the question using a single word or phrase."
+
+OBJ_ALIGN_PROMPTS: tuple[str, ...] = (
+    "What are the objects {ids}?",
+    "Describe the objects {ids}.",
+    "Name the objects {ids} and their colors.",
+    "Tell me what {ids} are.",
+)
