@@ -69,7 +69,7 @@ def teacher_caption(sample: Sample, seed: int) -> str:
     return str(choice)
 
 
-def _data_fingerprints(
+def data_fingerprints(
     data: DataConfig, tasks: Sequence[str], splits: Sequence[str]
 ) -> tuple[str, dict[str, str]]:
     features = [data.path(data.feats_3d), data.path(data.feats_2d)]
@@ -156,12 +156,12 @@ def extract_chunk(model: Any, bank: SceneBank, samples: Sequence[Sample], settin
         if settings.keep_layers:
             arrays |= {"token_scores": maps.token_scores, "layer_scores": maps.layer_scores}
         arrays = {k: v.float().cpu().numpy() for k, v in arrays.items()}
-        _check_finite(arrays, batch)
+        check_finite(arrays, batch)
         parts.append(arrays)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _check_finite(arrays: dict[str, np.ndarray], batch: Sequence[Sample]) -> None:
+def check_finite(arrays: dict[str, np.ndarray], batch: Sequence[Sample]) -> None:
     for name, values in arrays.items():
         finite = np.isfinite(values.reshape(len(batch), -1)).all(1)
         if not finite.all():
@@ -213,7 +213,7 @@ def extract(
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}."""
-    data_fp, annotation_fps = _data_fingerprints(data, settings.tasks, settings.splits)
+    data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
     samples = {f"{t}/{s}": load_samples(data, t, s) for t in settings.tasks for s in settings.splits}
     for key, rows in samples.items():
         if not rows:

@@ -61,8 +61,17 @@ def model_source(
     )
 
 
+_invocation: list[str] | None = None  # set by ``fast3d_cli.cli.app.run`` when called with explicit arguments
+
+
+def set_invocation(argv: list[str] | None) -> None:
+    global _invocation
+    _invocation = argv
+
+
 def command_line() -> str:
-    return shlex.join(["fast3d", *sys.argv[1:]])
+    """The command being run, as recorded in store provenance."""
+    return shlex.join(["fast3d", *(sys.argv[1:] if _invocation is None else _invocation)])
 
 
 def emit(path: Path, payload: Any, as_json: bool) -> None:

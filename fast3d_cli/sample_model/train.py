@@ -27,15 +27,15 @@ class TrainSpec:
     # With head_dim 32 and RoPE base 1e4 only ~4 of 16 rotary frequencies are slow enough for content
     # matching across the 300-token object list (a question word finding its object); base 1e6 keeps ~8.
     rope_theta: float = 1e6
-    batch_size: int = 32
-    steps: int = 1000
-    lr: float = 3e-3
+    batch_size: int = 8
+    steps: int = 3000
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    log_every: int = 20
-    eval_every: int = 200
+    log_every: int = 50
+    eval_every: int = 500
     eval_samples: int = 48
 
 

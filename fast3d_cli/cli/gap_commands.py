@@ -1,0 +1,260 @@
+"""``fast3d train-gap`` (attention stores -> GAP network) and ``fast3d predict`` (GAP -> prediction store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fast3d_cli.cli.common import (
+    ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    JsonOption,
+    command_line,
+    data_config,
+    emit,
+)
+
+
+class TrainingBar:
+    """One progress bar on stderr: steps, epoch, current loss and learning rate (rank 0 only)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._progress: Any = None
+        self._bar: Any = None
+
+    def __enter__(self) -> TrainingBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, event: Any) -> None:
+        if not self._enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+            self._bar = self._progress.add_task("train-gap", total=event.total_steps, status="")
+        if event.phase == "evaluate":
+            status = "evaluating"
+        else:
+            loss = "" if event.loss is None else f"loss {event.loss:.4f}  "
+            status = f"{loss}lr {event.lr:.2e}" if event.lr is not None else loss
+        self._progress.update(
+            self._bar,
+            completed=event.step,
+            total=event.total_steps,
+            description=f"epoch {event.epoch}/{event.epochs}",
+            status=status,
+        )
+
+
+def train_gap_command(
+    stores: Annotated[
+        list[Path],
+        typer.Argument(help="Attention stores from fast3d extract (train maps; val maps optional)."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="GAP directory to create or resume.")] = Path(
+        "gap"
+    ),
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", "-t", help="Comma-separated tasks (default: all in the stores).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (official: 50).")] = 5,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Samples per step and process (official: 64).")
+    ] = 32,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate (official 8e-4).")] = 8e-4,
+    text_lr: Annotated[
+        float | None,
+        typer.Option(
+            "--text-lr",
+            min=0.0,
+            help="Text-encoder lr (default: --lr from scratch, --lr/10 with --text-encoder).",
+        ),
+    ] = None,
+    warmup_epochs: Annotated[
+        float, typer.Option("--warmup-epochs", min=0.0, help="Linear warmup length in epochs (official 0.1).")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of init, dropout, data order and holdout.")] = 42,
+    holdout: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of train samples held out for model selection.")
+    ] = 0.1,
+    select_on: Annotated[
+        str,
+        typer.Option("--select-on", help="Model selection on 'holdout' (train split) or 'val' (official)."),
+    ] = "holdout",
+    select_metric: Annotated[
+        str,
+        typer.Option(
+            "--select-metric", help="kd_loss (min), or topk_{5,10,20}_f1_score / topk_{5,10,20}_mass (max)."
+        ),
+    ] = "kd_loss",
+    val: Annotated[
+        bool | None,
+        typer.Option(
+            "--val/--no-val", help="Also evaluate on val every epoch (default: when the stores have it)."
+        ),
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="object_scores (a_map, official) or prompt_scores (a_map_ori).")
+    ] = "object_scores",
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps (and every epoch end).")
+    ] = 200,
+    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", min=1)] = 64,
+    text_encoder: Annotated[
+        Path | None,
+        typer.Option("--text-encoder", help="Local RoBERTa folder to start from (official: roberta-base)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="Tokenizer folder for a text encoder trained from scratch (default: the target model's).",
+        ),
+    ] = None,
+    gap_config: Annotated[
+        Path | None,
+        typer.Option("--gap-config", help="JSON object of GAP config fields overriding the defaults."),
+    ] = None,
+    mixed_precision: Annotated[
+        str, typer.Option("--mixed-precision", help="auto (bf16 on CUDA), no, bf16.")
+    ] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a training run made with other stores, data or settings.")
+    ] = False,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the GAP network on a target model's attention maps (resumable; selection on a train holdout).
+
+    Example: [bold]fast3d train-gap maps.zarr -o gap/[/bold]
+    Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli train-gap maps.zarr[/bold]
+    """
+    from fast3d_cli.data.tasks import parse_tasks
+    from fast3d_cli.gap.sources import read_config_overrides
+    from fast3d_cli.gap.training import TrainSettings, train_gap
+
+    settings = TrainSettings(
+        tasks=tuple(parse_tasks(tasks)) if tasks else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        text_lr=text_lr,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        holdout=holdout,
+        select_on=select_on,
+        select_metric=select_metric,
+        evaluate_val=val,
+        target=target,
+        mixed_precision=mixed_precision,
+        eval_batch_size=eval_batch_size,
+    )
+    data = data_config(config, data_root)
+    overrides = read_config_overrides(gap_config)
+    with TrainingBar() as bar:
+        result = train_gap(
+            stores,
+            output,
+            settings,
+            data,
+            gap_overrides=overrides,
+            text_encoder=text_encoder,
+            tokenizer_dir=tokenizer,
+            checkpoint_every=checkpoint_every,
+            overwrite=overwrite,
+            device=device,
+            command=command_line(),
+            progress=bar.update,
+        )
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch, only rank 0 prints
+        emit(output, result, as_json)
+
+
+def predict_command(
+    gap: Annotated[
+        Path, typer.Argument(help="GAP directory (from train-gap), or an official checkpoint_best.pth.")
+    ],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
+    split: Annotated[str, typer.Option("--split", help="Comma-separated splits.")] = "val",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Prediction store to create or complete.")
+    ] = Path("pred.zarr"),
+    roberta: Annotated[
+        Path | None,
+        typer.Option("--roberta", help="RoBERTa folder of an official checkpoint (roberta-base)."),
+    ] = None,
+    gap_config: Annotated[
+        Path | None,
+        typer.Option("--gap-config", help="Official checkpoint only: JSON of non-default GAP config fields."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (bf16 autocast on CUDA), float32, bfloat16.")
+    ] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a store made with another GAP network, data or settings.")
+    ] = False,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict attention maps with a GAP network into a resumable "prediction" store.
+
+    Example: [bold]fast3d predict gap/ --tasks scanqa,scanrefer --split val -o pred.zarr[/bold]
+    Official checkpoint: [bold]fast3d predict checkpoint_best.pth --roberta roberta-base/ -o pred.zarr[/bold]
+    """
+    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.data.tasks import parse_splits, parse_tasks
+    from fast3d_cli.gap.predict import PredictSettings, predict
+    from fast3d_cli.gap.sources import GAPSource
+    from fast3d_cli.launch import distributed_context
+
+    settings = PredictSettings(
+        tasks=tuple(parse_tasks(tasks)),
+        splits=tuple(parse_splits(split)),
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        dtype=dtype,
+    )
+    data = data_config(config, data_root)
+    source = GAPSource.from_path(gap, roberta=roberta, config_file=gap_config)
+    with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
+        result = predict(
+            source,
+            data,
+            settings,
+            output,
+            device=dist.device,
+            command=command_line(),
+            overwrite=overwrite,
+            rank=dist.rank,
+            world=dist.world,
+            barrier=dist.barrier,
+            progress=progress.update,
+        )
+    if dist.is_main:
+        emit(output, result, as_json)

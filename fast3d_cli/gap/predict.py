@@ -1,0 +1,220 @@
+"""``fast3d predict``: a trained GAP network -> a "prediction" store (spec §4.6).
+
+The store has the schema of ``fast3d extract``'s (one group per task/split, rows in annotation order,
+``sample_index`` as the chunk commit marker), with:
+
+- ``object_scores`` = the GAP logits (raw, not softmaxed, as the official ``infer_attn_maps_val_{task}.pt``);
+- ``prompt_scores`` = the same logits: the GAP has a single output, and later stages that read either array
+  get the prediction;
+- root attributes naming the GAP network (path, format, fingerprint of its files) and the stores it was
+  trained on (from its ``training.json``); ``model`` is the *target* model's fingerprint copied from those
+  stores, so later stages can check that the predictions belong to the model they prune; ``data`` is the
+  fingerprint of the features used here.
+
+Resumable exactly like extract: fixed chunks, rank r of W processes computes chunks r, r+W, …, each written
+whole; a rerun computes only the missing chunks. Store creation and validation reuse extract's
+``prepare_store``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fast3d_cli import __version__
+from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
+from fast3d_cli.errors import UserError
+from fast3d_cli.gap.sources import GAPSource
+from fast3d_cli.stores import MapGroup, StoreError, open_store
+from fast3d_cli.stores.store import is_store
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    tasks: tuple[str, ...]
+    splits: tuple[str, ...] = ("val",)
+    batch_size: int = 64
+    chunk_size: int = 64
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+
+    def aggregation(self, gap_fingerprint: str, precision: str) -> dict[str, Any]:
+        """What the scores mean; part of the store identity (a rerun with other values is refused)."""
+        return {
+            "object_scores": "GAP logits (not softmaxed), spec §4.6",
+            "prompt_scores": "the same GAP logits (the GAP network has one output)",
+            "gap": gap_fingerprint,
+            "precision": precision,
+            "chunk_size": self.chunk_size,
+        }
+
+
+def _precision(dtype: str, device: str) -> str:
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"unknown --dtype {dtype!r} for predict; choose auto, float32 or bfloat16")
+    if dtype == "bfloat16" and not device.startswith("cuda"):
+        raise UserError("bfloat16 (autocast) prediction is for CUDA only")
+    if dtype == "auto":
+        return "bfloat16-autocast" if device.startswith("cuda") else "float32"
+    return "bfloat16-autocast" if dtype == "bfloat16" else "float32"
+
+
+def predict_chunk(
+    model: Any, tokenizer: Any, bank: SceneBank, samples: Sequence[Sample], batch_size: int, precision: str
+) -> dict[str, np.ndarray]:
+    """GAP logits of one chunk as store arrays (object_scores = prompt_scores = logits, float32)."""
+    import torch
+
+    from fast3d_cli.attention.extract import check_finite
+    from fast3d_cli.gap.inputs import build_batch
+
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        inputs = build_batch(batch, bank, tokenizer, model.config).to(device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16-autocast"),
+        ):
+            logits = model(**inputs.model_inputs()).float().cpu().numpy()
+        check_finite({"object_scores": logits}, batch)
+        parts.append(logits)
+    logits = np.concatenate(parts).astype(np.float32)
+    return {"object_scores": logits, "prompt_scores": logits.copy()}
+
+
+def run_chunks(
+    group: MapGroup,
+    samples: Sequence[Sample],
+    compute: Callable[[Sequence[Sample]], dict[str, np.ndarray]],
+    rank: int,
+    world: int,
+    progress: ProgressCallback | None,
+) -> int:
+    """Compute and write this rank's missing chunks of ``group`` (chunk c belongs to rank c mod world)."""
+    done = group.completed_chunks()
+    mine = [c for c in range(group.n_chunks) if c % world == rank and c not in done]
+    finished = sum(group.chunk_bounds(c)[1] - group.chunk_bounds(c)[0] for c in done)
+    if progress:
+        progress(group.path, finished, group.n_samples)
+    computed = 0
+    for chunk in mine:
+        start, stop = group.chunk_bounds(chunk)
+        rows = samples[start:stop]
+        group.write_chunk(chunk, np.array([s.index for s in rows]), compute(rows))
+        computed += stop - start
+        if progress:
+            progress(group.path, min(group.n_samples, finished + computed * world), group.n_samples)
+    return computed
+
+
+def training_provenance(source: GAPSource) -> dict[str, Any]:
+    """Target model, stores and layer/token counts recorded by ``train-gap`` (empty for official ones)."""
+    record = source.training_record() or {}
+    stores = record.get("stores") or []
+    first = stores[0] if stores else {}
+    return {
+        "model": record.get("model"),
+        "training_data": record.get("data"),
+        "stores": [
+            {k: s.get(k) for k in ("path", "model", "data", "aggregation", "command", "groups")}
+            for s in stores
+        ],
+        "n_layers": first.get("n_layers"),
+        "n_visual": first.get("n_visual"),
+        "complete": record.get("complete"),
+        "best": record.get("best"),
+    }
+
+
+def predict(
+    gap: GAPSource | Path,
+    data: DataConfig,
+    settings: PredictSettings,
+    out: Path,
+    *,
+    device: str = "cpu",
+    command: str = "",
+    overwrite: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Fill the prediction store ``out`` for every task/split; returns {"computed": n, "store": summary, ...}.
+
+    ``gap`` is a :class:`GAPSource` or a GAP directory. A store made with another GAP network, other data or
+    other settings is refused unless ``overwrite``.
+    """
+    from fast3d_cli.attention.extract import data_fingerprints, prepare_store
+
+    source = gap if isinstance(gap, GAPSource) else GAPSource.from_path(Path(gap))
+    description = source.describe()
+    precision = _precision(settings.dtype, device)
+    data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
+    samples = {f"{t}/{s}": load_samples(data, t, s) for t in settings.tasks for s in settings.splits}
+    for key, rows in samples.items():
+        if not rows:
+            raise UserError(f"{key} has no samples")
+    model, tokenizer = source.load(device=device)
+    if model.config.max_obj_num != data.max_obj_num:
+        raise UserError(
+            f"the GAP network predicts over {model.config.max_obj_num} objects but the data has "
+            f"{data.max_obj_num} objects per scene"
+        )
+    trained = training_provenance(source)
+    n_objects = model.config.max_obj_num
+    root_attrs = {
+        "kind": "prediction",
+        "model": trained["model"],
+        "data": data_fp,
+        "aggregation": settings.aggregation(description["fingerprint"], precision),
+        "command": command,
+        "version": __version__,
+        "n_objects": n_objects,
+        "n_visual": trained["n_visual"] or 3 * n_objects,
+        "n_layers": trained["n_layers"] or 0,
+        "chunk_size": settings.chunk_size,
+        "gap": description,
+        "training": {k: v for k, v in trained.items() if k not in ("model", "n_layers", "n_visual")},
+    }
+    out = Path(out)
+    if rank == 0:
+        if out.exists() and is_store(out) and not overwrite:
+            old = open_store(out).attrs
+            if (
+                old.get("kind") == "prediction"
+                and (old.get("gap") or {}).get("fingerprint") != description["fingerprint"]
+            ):
+                raise StoreError(
+                    f"{out} was made with another GAP network ({(old.get('gap') or {}).get('path')}); use "
+                    "--overwrite to replace it or choose another output"
+                )
+        prepare_store(
+            out, root_attrs, {k: (len(v), annotation_fps[k]) for k, v in samples.items()}, False, overwrite
+        )
+    barrier()
+    store = open_store(out, kind="prediction", read_only=False)
+    banks = {split: SceneBank(data, split) for split in settings.splits}
+    computed = 0
+    for key, rows in samples.items():
+        task, split = key.split("/")
+        bank = banks[split]
+        computed += run_chunks(
+            store.group(task, split),
+            rows,
+            lambda chunk, bank=bank: predict_chunk(
+                model, tokenizer, bank, chunk, settings.batch_size, precision
+            ),
+            rank,
+            world,
+            progress,
+        )
+    barrier()
+    return {"computed": computed, "store": store.summary(), "gap": description, "settings": asdict(settings)}

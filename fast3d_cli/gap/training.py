@@ -1,0 +1,869 @@
+"""``fast3d train-gap``: fit the GAP network to a target model's attention maps (spec §4.3-§4.5).
+
+- Targets: ``object_scores`` (``a_map``, or ``prompt_scores`` = ``a_map_ori``) of "attention" stores, joined
+  by annotation index; training uses the ``train`` groups.
+- Loss (§4.3): ``kl_distribution_loss``. AdamW (§4.4) with four parameter groups: the text encoder gets its
+  own learning rate, and weight decay applies to every parameter except 1-D ones and biases. Linear warmup,
+  then a half cosine; the multiplier is floored at ``min_lr_multi`` (during warmup too). Gradient norm
+  clipped at 5. bf16 autocast on CUDA only.
+- Model selection (§8.12): by default on a held-out part of the *train* split (samples chosen by a seeded
+  hash of (task, index)), so the val split stays unseen until evaluation; ``select_on="val"`` selects on val
+  as the official code does. Every epoch the selection set (and val, when present) is evaluated: KL, top-k F1
+  and the target mass captured by the predicted top-k, per task; one JSON line per evaluation in
+  ``metrics.jsonl`` (epoch 0 = before training).
+- Resumable: a checkpoint every ``checkpoint_every`` steps and at every epoch end (model, optimizer,
+  scheduler, every rank's RNG states, position in the epoch, running loss), written atomically. The data
+  order is a pure function of (seed, epoch), so a rerun after a kill continues exactly where the checkpoint
+  was taken: on CPU the final weights equal those of an uninterrupted run bit for bit.
+- Several processes through accelerate (DDP; gloo on CPU). Each step takes a global batch of
+  ``batch_size x world`` samples; rank r gets its r-th slice. Only rank 0 writes files.
+
+Output directory::
+
+    gap/
+      config.json model.safetensors tokenizer*   the selected (best) network, ``save_gap`` format
+      training.json                              provenance: stores, fingerprints, settings, best epoch
+      metrics.jsonl                              one JSON object per evaluation
+      checkpoints/step-XXXXXXXX.pt               the latest training checkpoint
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fast3d_cli import __version__
+from fast3d_cli.data import DataConfig, Sample, SceneBank
+from fast3d_cli.errors import UserError
+from fast3d_cli.gap.configuration import GAPConfig
+from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
+from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
+
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "fast3d-gap-training"
+SELECT_METRICS = {  # name -> True when larger is better
+    "kd_loss": False,
+    "topk_5_f1_score": True,
+    "topk_10_f1_score": True,
+    "topk_20_f1_score": True,
+    "topk_5_mass": True,
+    "topk_10_mass": True,
+    "topk_20_mass": True,
+}
+SELECT_SETS = ("holdout", "val")
+METRIC_NAMES = ("kd_loss", *(f"topk_{k}_{m}" for k in (5, 10, 20) for m in ("f1_score", "mass")))
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that shapes the trained weights. Defaults are scaled for the sample world (5 epochs of the
+    ~11k held-in train samples: ~1.8k steps of 32, about 0.3 s each on one CPU core with the sample config);
+    the official values (§4.4) are 50 epochs, batch 64 per GPU x 4, lr 8e-4, RoBERTa lr 8e-5, warmup
+    0.1 epoch."""
+
+    tasks: tuple[str, ...] | None = None  # None: every task with train maps in the stores
+    epochs: int = 5
+    batch_size: int = 32  # per process
+    lr: float = 8e-4
+    # None: lr for a text encoder trained from scratch, lr / 10 for a pretrained one
+    text_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    min_lr_multi: float = 0.001
+    max_grad_norm: float = 5.0
+    seed: int = 42
+    holdout: float = 0.1  # share of train samples held out for model selection (select_on="holdout")
+    select_on: str = "holdout"
+    select_metric: str = "kd_loss"
+    evaluate_val: bool | None = None  # None: when every task has val maps
+    target: str = "object_scores"
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            problems.append("batch sizes must be >= 1")
+        if self.lr <= 0 or (self.text_lr is not None and self.text_lr < 0):
+            problems.append("learning rates must be positive")
+        if self.warmup_epochs < 0:
+            problems.append("warmup must be >= 0 epochs")
+        if not 0.0 <= self.min_lr_multi <= 1.0:
+            problems.append("min_lr_multi must be in [0, 1]")
+        if self.select_on not in SELECT_SETS:
+            problems.append(f"select_on must be one of {', '.join(SELECT_SETS)}, not {self.select_on!r}")
+        if self.select_metric not in SELECT_METRICS:
+            problems.append(
+                f"select metric must be one of {', '.join(SELECT_METRICS)}, not {self.select_metric!r}"
+            )
+        if self.select_on == "holdout" and not 0.0 < self.holdout < 1.0:
+            problems.append(f"holdout must be in (0, 1) when selecting on it, not {self.holdout}")
+        if self.select_on == "val" and self.evaluate_val is False:
+            problems.append("selecting on val needs the val evaluation")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}")
+        if problems:
+            raise UserError("invalid training settings: " + "; ".join(problems))
+
+    def resolved_text_lr(self, pretrained: bool) -> float:
+        if self.text_lr is not None:
+            return self.text_lr
+        return self.lr / 10 if pretrained else self.lr
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What the progress callback gets after every step and around evaluations."""
+
+    phase: str  # "train", "evaluate", "done"
+    step: int
+    total_steps: int
+    epoch: int  # 1-based epoch being trained (0: before training)
+    epochs: int
+    loss: float | None = None
+    lr: float | None = None
+
+
+ProgressCallback = Callable[[TrainProgress], None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers (data order, holdout, schedule, parameter groups)
+
+
+def _hash_int(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def in_holdout(seed: int, task: str, index: int, fraction: float) -> bool:
+    """Whether train sample (task, index) is held out for model selection (seeded hash, not the RNG)."""
+    return _hash_int("holdout", seed, task, index) / 16**15 < fraction
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the ``n`` training samples in ``epoch``: a pure function of (seed, epoch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(_hash_int("order", seed, epoch))
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_lr_multi: float) -> float:
+    """Linear warmup over ``warmup_steps`` then a half cosine to 0 at ``total_steps``, floored (§4.4)."""
+    if step < warmup_steps:
+        value = step / warmup_steps
+    else:
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        value = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(min_lr_multi, value)
+
+
+def parameter_groups(model: Any, lr: float, text_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """§4.4: the text encoder at ``text_lr``, the rest at ``lr``; no weight decay on 1-D params and biases."""
+    groups: dict[tuple[bool, bool], list[Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        text = name.startswith("text_encoder.")
+        decay = param.ndim >= 2 and not name.endswith(".bias")
+        groups.setdefault((text, decay), []).append(param)
+    out = []
+    for (text, decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": text_lr if text else lr,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{'text_encoder' if text else 'gap'}/{'decay' if decay else 'no_decay'}",
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Split:
+    """A list of samples of one split with their target maps [n, n_objects] (float32 tensor)."""
+
+    split: str
+    samples: list[Sample]
+    targets: Any
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _split_train(tset: TargetSet, settings: TrainSettings) -> tuple[Split, Split | None]:
+    import torch
+
+    train_s, train_t, hold_s, hold_t = [], [], [], []
+    for task in tset.tasks:
+        group = tset.groups[f"{task}/train"]
+        for sample, row in zip(group.samples, group.targets, strict=True):
+            held = settings.select_on == "holdout" and in_holdout(
+                settings.seed, task, sample.index, settings.holdout
+            )
+            (hold_s if held else train_s).append(sample)
+            (hold_t if held else train_t).append(row)
+    if settings.select_on == "holdout" and not hold_s:
+        raise UserError(f"no train sample falls in the {settings.holdout:.0%} holdout; raise --holdout")
+    train = Split("train", train_s, torch.from_numpy(np.stack(train_t)))
+    hold = Split("train", hold_s, torch.from_numpy(np.stack(hold_t))) if hold_s else None
+    return train, hold
+
+
+def _val_split(tset: TargetSet) -> Split:
+    import torch
+
+    samples, rows = [], []
+    for task in tset.tasks:
+        group = tset.groups[f"{task}/val"]
+        samples += group.samples
+        rows.append(group.targets)
+    return Split("val", samples, torch.from_numpy(np.concatenate(rows)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Network, tokenizer
+
+
+@dataclass
+class NetworkSpec:
+    config: GAPConfig
+    tokenizer: Any
+    text_encoder: Path | None
+    tokenizer_source: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        from fast3d_cli.gap.modeling import GAPModel
+
+        if self.text_encoder is not None:
+            return GAPModel.from_text_encoder_dir(self.config, self.text_encoder)
+        return GAPModel(self.config)
+
+
+def resolve_network(
+    tset: TargetSet,
+    feature_dims: tuple[int, int],
+    overrides: dict[str, Any],
+    text_encoder: Path | None,
+    tokenizer_dir: Path | None,
+) -> NetworkSpec:
+    """The GAP config and tokenizer: a pretrained RoBERTa folder (``text_encoder``), else the sample-world
+    config (tiny RoBERTa trained from scratch) over the target model's tokenizer."""
+    from fast3d_cli.data.config import sample_data_dir
+    from fast3d_cli.evaluation.fingerprint import files_fingerprint
+    from fast3d_cli.gap.configuration import text_config_from_dir
+    from fast3d_cli.gap.io import load_tokenizer
+    from fast3d_cli.gap.sample import load_sample_tokenizer, sample_gap_config
+
+    d3, d2 = feature_dims
+    if text_encoder is not None:
+        text_encoder = Path(text_encoder)
+        if not text_encoder.is_dir():
+            raise UserError(f"text encoder folder not found: {text_encoder}")
+        base = GAPConfig(feat_dim_3d=d3, feat_dim_2d=d2, text_config=text_config_from_dir(text_encoder))
+        config = apply_overrides(base, overrides)
+        tokenizer = load_tokenizer(tokenizer_dir or text_encoder)
+        source = {"tokenizer": str((tokenizer_dir or text_encoder).resolve()), "how": "text encoder folder"}
+    else:
+        how = "--tokenizer"
+        directory = tokenizer_dir
+        if directory is None:
+            directory, how = model_dir_from_provenance(tset.stores), "target model named in the store"
+        if directory is None:
+            directory, how = sample_data_dir() / "model", "default sample model"
+            if not (directory / "tokenizer.json").is_file():
+                raise UserError(
+                    "no tokenizer for the GAP text encoder: pass --tokenizer DIR (the target model "
+                    "directory) or --text-encoder DIR (a RoBERTa folder)"
+                )
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserError(f"tokenizer folder not found: {directory}")
+        # a target-model directory: its config.json is not a tokenizer's, so read tokenizer.json directly
+        has_json = (directory / "tokenizer.json").is_file()
+        tokenizer = load_sample_tokenizer(directory) if has_json else load_tokenizer(directory)
+        base = sample_gap_config(tokenizer, feat_dim_3d=d3, feat_dim_2d=d2)
+        config = apply_overrides(base, overrides)
+        files = [
+            p for p in (directory / "tokenizer.json", directory / "tokenizer_config.json") if p.is_file()
+        ]
+        source = {
+            "tokenizer": str(directory.resolve()),
+            "how": how,
+            "fingerprint": files_fingerprint(files) if files else None,
+            "is_store_model": _is_model_of(directory, tset.model),
+        }
+    if config.max_obj_num != tset.n_objects:
+        raise UserError(
+            f"the GAP config has max_obj_num {config.max_obj_num} but the store maps are over "
+            f"{tset.n_objects} objects"
+        )
+    if len(tokenizer) > int(config.text_config.get("vocab_size", 0)):
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens, the text encoder "
+            f"{config.text_config.get('vocab_size')}"
+        )
+    return NetworkSpec(config, tokenizer, text_encoder, source)
+
+
+def _is_model_of(directory: Path, fingerprint: str | None) -> bool | None:
+    """Whether ``directory`` is the target model the stores were extracted with (None: not a model dir)."""
+    from fast3d_cli.models.loading import ModelSource
+
+    if not (directory / "model.safetensors").is_file():
+        return None
+    try:
+        return ModelSource(model_dir=directory).fingerprint() == fingerprint
+    except UserError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    model: Any,
+    split: Split,
+    bank: SceneBank,
+    tokenizer: Any,
+    config: GAPConfig,
+    batch_size: int,
+    device: Any,
+    autocast: Callable[[], Any],
+    rank: int = 0,
+    world: int = 1,
+    gather: Callable[[Any], list[Any]] = lambda x: [x],
+) -> dict[str, dict[str, float]]:
+    """Mean validation metrics per task and over all samples ("all"), rank-sharded then gathered."""
+    import torch
+
+    from fast3d_cli.gap.inputs import build_batch
+    from fast3d_cli.gap.modeling import validation_metrics
+
+    mine = list(range(rank, len(split), world))
+    rows: dict[str, list[np.ndarray]] = {}
+    tasks: list[str] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            ids = mine[start : start + batch_size]
+            samples = [split.samples[i] for i in ids]
+            batch = build_batch(samples, bank, tokenizer, config).to(device)
+            with autocast():
+                logits = model(**batch.model_inputs())
+            values = validation_metrics(logits.float(), split.targets[ids].to(device))
+            for name, value in values.items():
+                rows.setdefault(name, []).append(value.cpu().numpy().astype(np.float64))
+            tasks += [s.task for s in samples]
+    model.train(was_training)
+    local = {
+        "tasks": tasks,
+        **{k: np.concatenate(rows[k]) if rows.get(k) else np.zeros(0) for k in METRIC_NAMES},
+    }
+    parts = gather(local)
+    all_tasks = [task for p in parts for task in p["tasks"]]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in METRIC_NAMES}
+    out: dict[str, dict[str, float]] = {}
+    task_array = np.array(all_tasks)
+    for task in dict.fromkeys(s.task for s in split.samples):
+        sel = task_array == task
+        out[task] = {k: float(v[sel].mean()) for k, v in merged.items()} | {"n": int(sel.sum())}
+    out["all"] = {k: float(v.mean()) for k, v in merged.items()} | {"n": len(all_tasks)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output directory, checkpoints
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _is_training_dir(out: Path) -> bool:
+    return any((out / n).exists() for n in (TRAINING_RECORD, CHECKPOINT_DIR, METRICS_NAME))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_paths(out: Path) -> list[Path]:
+    """Complete checkpoints, newest first."""
+    directory = Path(out) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("step-*.pt"), reverse=True)
+
+
+def load_training_checkpoint(out: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint of ``out`` (None if there is none)."""
+    import torch
+
+    for path in checkpoint_paths(out):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file: fall back to the previous one
+            continue
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+            return payload
+    return None
+
+
+def _save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
+    import torch
+
+    directory = Path(out) / CHECKPOINT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step-{payload['step']:08d}.pt"
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    for old in checkpoint_paths(out):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Check ``out`` (all ranks, read-only); returns a finished run's record when there is nothing to do."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not _is_training_dir(out):
+        raise UserError(f"{out} exists and is not a GAP training directory; choose another output path")
+    record = _read_json(out / TRAINING_RECORD) if out.is_dir() else None
+    checkpoint_identity = None
+    if record is None and out.is_dir():
+        payload = load_training_checkpoint(out)
+        checkpoint_identity = payload.get("identity") if payload else None
+    found = record.get("identity") if record else checkpoint_identity
+    if found is not None and found != identity:
+        if not overwrite:
+            changed = sorted(k for k in identity if identity.get(k) != found.get(k)) or ["settings"]
+            raise UserError(
+                f"{out} holds a training run with other {', '.join(changed)}; use --overwrite to replace it "
+                "or choose another output"
+            )
+        return {"overwrite": True}
+    if record is not None and record.get("complete") and found == identity:
+        return record
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _make_accelerator(settings: TrainSettings, device: str) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} requested but CUDA is not available")
+    precision = settings.mixed_precision
+    if precision == "bf16" and not cuda:
+        raise UserError("bf16 mixed precision is for CUDA only; use --mixed-precision no on CPU")
+    if precision == "auto":
+        precision = "bf16" if cuda else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=precision)
+
+
+def _gather(accelerator: Any) -> Callable[[Any], list[Any]]:
+    if accelerator.num_processes == 1:
+        return lambda obj: [obj]
+    from accelerate.utils import gather_object
+
+    return lambda obj: gather_object([obj])
+
+
+def train_gap(
+    stores: Sequence[Path],
+    out_dir: Path,
+    settings: TrainSettings,
+    data: DataConfig,
+    *,
+    gap_overrides: dict[str, Any] | None = None,
+    text_encoder: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    checkpoint_every: int = 200,
+    overwrite: bool = False,
+    device: str = "auto",
+    command: str = "",
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Train a GAP network on the maps of ``stores``; returns the ``training.json`` record.
+
+    A rerun of a finished run returns its record without training; a rerun of an interrupted one resumes from
+    its newest checkpoint. A run with other stores, data or settings in ``out_dir`` is refused unless
+    ``overwrite``. Under ``accelerate launch`` every process calls this; only rank 0 writes.
+    """
+    import torch
+
+    from fast3d_cli.gap.inputs import build_batch
+    from fast3d_cli.gap.modeling import kl_distribution_loss
+
+    if checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be >= 0 (0: only at epoch ends)")
+    started = time.time()
+    out = Path(out_dir)
+    accelerator = _make_accelerator(settings, device)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+
+    # --- targets, data, network -------------------------------------------------------------------------
+    tasks_hint = list(settings.tasks) if settings.tasks else None
+    optional = () if settings.evaluate_val is False else ("val",)
+    required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
+    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target)
+    use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
+    banks = {"train": SceneBank(data, "train"), "val": SceneBank(data, "val")}
+    network = resolve_network(
+        tset, banks["train"].feature_dims, gap_overrides or {}, text_encoder, tokenizer_dir
+    )
+    config, tokenizer = network.config, network.tokenizer
+    train, holdout = _split_train(tset, settings)
+    eval_sets: dict[str, Split] = {}
+    if holdout is not None:
+        eval_sets["holdout"] = holdout
+    if use_val:
+        eval_sets["val"] = _val_split(tset)
+    global_batch = settings.batch_size * world
+    steps_per_epoch = len(train) // global_batch
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{len(train)} training samples are fewer than one global batch ({settings.batch_size} x {world} "
+            "processes); lower --batch-size"
+        )
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
+    pretrained = text_encoder is not None
+    text_lr = settings.resolved_text_lr(pretrained)
+
+    identity = json.loads(
+        json.dumps(
+            {
+                "targets": tset.targets_fingerprint(),
+                "model": tset.model,
+                "data": tset.data,
+                "tasks": list(tset.tasks),
+                "settings": asdict(settings),
+                "gap_config": config.to_dict(),
+                "text_encoder": _dir_fingerprint(text_encoder) if text_encoder else None,
+                "tokenizer": network.tokenizer_source.get("fingerprint"),
+                "processes": world,  # the global batch and each rank's dropout stream depend on it
+            },
+            default=str,
+        )
+    )
+
+    # --- output directory -------------------------------------------------------------------------------
+    found = _prepare_out_dir(out, identity, overwrite)
+    if found is not None and found.get("complete"):
+        accelerator.wait_for_everyone()
+        return {**found, "trained_steps": 0}
+    accelerator.wait_for_everyone()
+    if main:
+        if found is not None and found.get("overwrite"):
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.glob("*.partial"), *(out / CHECKPOINT_DIR).glob("*.partial")]:
+            stale.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+    record: dict[str, Any] = {
+        "complete": False,
+        "identity": identity,
+        "stores": tset.provenance(),
+        "model": tset.model,
+        "data": tset.data,
+        "n_objects": tset.n_objects,
+        "tasks": list(tset.tasks),
+        "target": settings.target,
+        "settings": asdict(settings),
+        "text_lr": text_lr,
+        "text_encoder": {
+            "init": "pretrained" if pretrained else "scratch",
+            "path": str(Path(text_encoder).resolve()) if text_encoder else None,
+            **network.tokenizer_source,
+        },
+        "gap_config": config.to_dict(),
+        "samples": {
+            "train": len(train),
+            **{name: len(s) for name, s in eval_sets.items()},
+        },
+        "selection": {"set": settings.select_on, "metric": settings.select_metric},
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+        "processes": world,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "checkpoint_every": checkpoint_every,
+        "version": __version__,
+        "command": command,
+    }
+    if main:
+        _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+
+    # --- model, optimizer, schedule, state ---------------------------------------------------------------
+    torch.manual_seed(settings.seed)
+    model = network.build()
+    pooler = getattr(model.text_encoder, "pooler", None)
+    if pooler is not None:  # unused, as official (they pass find_unused_parameters=True instead)
+        pooler.requires_grad_(False)
+    model.to(accelerator.device)
+    fused = accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.lr, text_lr, settings.weight_decay),
+        betas=(0.9, 0.999),
+        fused=fused or None,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, warmup_steps, total_steps, settings.min_lr_multi)
+    )
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "metrics_lines": 0, "loss": [0.0, 0]}
+    checkpoint = load_training_checkpoint(out)
+    resumed_from = None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"], strict=True)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state.update({k: checkpoint[k] for k in ("step", "epoch", "batch", "best", "metrics_lines")})
+        mine = checkpoint["ranks"][rank]  # same process count: part of the identity
+        _set_rng_state(mine["rng"])
+        state["loss"] = list(mine["loss"])
+        resumed_from = state["step"]
+        if main:
+            _truncate_lines(out / METRICS_NAME, state["metrics_lines"])
+    else:
+        torch.manual_seed(_hash_int("dropout", settings.seed, rank))
+        if main:
+            (out / METRICS_NAME).unlink(missing_ok=True)
+    model = accelerator.prepare(model)  # DDP when launched with several processes (the optimizer stays ours)
+    raw = accelerator.unwrap_model(model)
+    gather = _gather(accelerator)
+
+    def report(phase: str, loss: float | None = None) -> None:
+        if progress is not None and main:
+            epoch = min(state["epoch"] + 1, settings.epochs) if phase != "done" else settings.epochs
+            lr = optimizer.param_groups[-1]["lr"]
+            progress(TrainProgress(phase, state["step"], total_steps, epoch, settings.epochs, loss, lr))
+
+    def run_evaluations() -> dict[str, Any]:
+        report("evaluate")
+        return {
+            name: evaluate(
+                raw,
+                split,
+                banks[split.split],
+                tokenizer,
+                config,
+                settings.eval_batch_size,
+                accelerator.device,
+                accelerator.autocast,
+                rank,
+                world,
+                gather,
+            )
+            for name, split in eval_sets.items()
+        }
+
+    def log(line: dict[str, Any]) -> None:
+        state["metrics_lines"] += 1
+        if main:
+            with open(out / METRICS_NAME, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def checkpoint_now() -> None:
+        parts = gather({"rng": _rng_state(), "loss": list(state["loss"])})
+        if main:
+            _save_checkpoint(
+                out,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "identity": identity,
+                    **{k: state[k] for k in ("step", "epoch", "batch", "best", "metrics_lines")},
+                    "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ranks": parts,
+                    "world": world,
+                },
+            )
+
+    if checkpoint is None:
+        log({"epoch": 0, "step": 0, **run_evaluations()})
+
+    trained = 0
+    model.train()
+    for epoch in range(state["epoch"], settings.epochs):
+        order = epoch_order(len(train), settings.seed, epoch)
+        for b in range(state["batch"], steps_per_epoch):
+            ids = order[b * global_batch : (b + 1) * global_batch][
+                rank * settings.batch_size : (rank + 1) * settings.batch_size
+            ]
+            batch = build_batch([train.samples[i] for i in ids], banks["train"], tokenizer, config)
+            batch = batch.to(accelerator.device)
+            with accelerator.autocast():
+                logits = model(**batch.model_inputs())
+            loss = kl_distribution_loss(logits, train.targets[ids].to(accelerator.device))
+            accelerator.backward(loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(f"the training loss became {value} at step {state['step'] + 1}; lower --lr")
+            state["loss"][0] += value
+            state["loss"][1] += 1
+            state["step"] += 1
+            state["batch"] = b + 1
+            trained += 1
+            report("train", value)
+            if checkpoint_every and state["step"] % checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                checkpoint_now()
+        # end of epoch: evaluate, select, log, checkpoint
+        results = run_evaluations()
+        losses = gather(list(state["loss"]))
+        train_loss = sum(p[0] for p in losses) / max(1, sum(p[1] for p in losses))
+        chosen = results[settings.select_on]["all"][settings.select_metric]
+        best = state["best"]
+        larger = SELECT_METRICS[settings.select_metric]
+        improved = best is None or (chosen > best["value"] if larger else chosen < best["value"])
+        if improved:
+            state["best"] = {"epoch": epoch + 1, "step": state["step"], "value": chosen}
+            if main:
+                from fast3d_cli.gap.io import save_gap
+
+                save_gap(raw, tokenizer, out)
+        log(
+            {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "train_loss": train_loss,
+                "lr": optimizer.param_groups[-1]["lr"],
+                **results,
+                "selection": {
+                    "set": settings.select_on,
+                    "metric": settings.select_metric,
+                    "value": chosen,
+                    "best": improved,
+                },
+            }
+        )
+        state.update({"epoch": epoch + 1, "batch": 0, "loss": [0.0, 0]})
+        checkpoint_now()
+    accelerator.wait_for_everyone()
+
+    best_line = _best_line(out / METRICS_NAME, state["best"]) if main else None
+    record.update(
+        {
+            "complete": True,
+            "best": {**(state["best"] or {}), "metric": settings.select_metric, "set": settings.select_on},
+            "best_metrics": best_line,
+            "seconds": round(time.time() - started, 1),
+        }
+    )
+    if main:
+        _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+    report("done")
+    accelerator.wait_for_everyone()
+    return {**record, "trained_steps": trained, "resumed_from_step": resumed_from}
+
+
+def _dir_fingerprint(directory: Path) -> str:
+    from fast3d_cli.evaluation.fingerprint import files_fingerprint
+
+    files = sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith("."))
+    return files_fingerprint(files)
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    complete = [line for line in lines if line.endswith("\n")]
+    _atomic_write_text(path, "".join(complete[:keep]))
+
+
+def _best_line(path: Path, best: dict[str, Any] | None) -> dict[str, Any] | None:
+    if best is None or not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("epoch") == best["epoch"]:
+            return {k: v for k, v in entry.items() if k not in ("selection",)}
+    return None
