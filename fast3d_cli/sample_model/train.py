@@ -1,7 +1,7 @@
 """Train the tiny sample model: a small Llama + Chat-Scene projections on the sample train split.
 
 Reproducible: fixed seed, fixed number of steps, single-threaded data order. Run it with
-``fast3d sample train-model`` (about 25 minutes on 2 CPU cores; faster on a GPU).
+``fast3d sample train-model`` (about 20 minutes on 2 idle CPU cores; faster on a GPU).
 """
 
 from __future__ import annotations
