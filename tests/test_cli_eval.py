@@ -64,6 +64,8 @@ def test_eval_writes_predictions_and_metrics_and_resumes(
     assert set(metrics["metrics"]) == {"scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d"}
     assert "[scanrefer] Acc@0.50" in metrics["metrics"]["scanrefer"]
     assert "[scan2cap] CIDEr@0.50" in metrics["metrics"]["scan2cap"]
+    assert set(metrics["headline"]) == set(metrics["metrics"])  # the paper's five headline numbers
+    assert metrics["headline"]["scanrefer"] == metrics["metrics"]["scanrefer"]["[scanrefer] Acc@0.50"]
     assert metrics["speed"]["generated_samples"] == 15
     records = (out / "predictions" / "scanqa.jsonl").read_text().splitlines()
     assert [json.loads(r)["index"] for r in records] == [0, 1, 2]

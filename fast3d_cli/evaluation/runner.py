@@ -133,7 +133,8 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
                 key=lambda r: r["index"],
             )
             metrics[task] = compute_metrics(task, records, context, options)
-    return {"metrics": metrics, "headline": headline_scores(metrics)}
+    flat = {key: value for task_metrics in metrics.values() for key, value in task_metrics.items()}
+    return {"metrics": metrics, "headline": headline_scores(flat)}
 
 
 def run_eval(
