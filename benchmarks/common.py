@@ -12,6 +12,18 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# LlamaConfig fields of Vicuna-7B v1.5 (spec §1.1) plus Chat-Scene's 100 identifier tokens.
+VICUNA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32100,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 4096,
+}
+
 
 def environment(device: str) -> dict[str, Any]:
     import torch

@@ -27,18 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, timed, write_result
-
-VICUNA_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32100,
-    "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 4096,
-}
+from common import VICUNA_7B, environment, timed, write_result
 
 
 class _StubTokenizer:

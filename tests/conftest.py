@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fast3d_cli.cli.app import run
 from fast3d_cli.data import DataConfig
 from fast3d_cli.sample_world import WorldSpec, generate_world
 
@@ -58,3 +59,20 @@ def build_tiny_model(data: DataConfig, seed: int = 0, hidden: int = 32, layers: 
 @pytest.fixture(scope="session")
 def tiny_model(data_config: DataConfig):
     return build_tiny_model(data_config)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model saved in our directory format, for CLI tests."""
+    from fast3d_cli.models.chat_scene.io import save_pretrained
+
+    out = tmp_path_factory.mktemp("model")
+    save_pretrained(tiny_model, out)
+    return out
+
+
+def fast3d(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

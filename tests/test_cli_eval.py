@@ -9,21 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fast3d_cli.cli.app import run
-from fast3d_cli.models.chat_scene.io import save_pretrained
-
-
-def fast3d(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_pretrained(tiny_model, out)
-    return out
+from .conftest import fast3d
 
 
 def test_help_is_fast_and_lists_the_stages() -> None:

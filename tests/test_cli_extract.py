@@ -11,25 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from fast3d_cli.cli.app import run
-from fast3d_cli.models.chat_scene.io import save_pretrained
 from fast3d_cli.stores import open_store
 
-
-def fast3d(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_pretrained(tiny_model, out)
-    return out
+from .conftest import fast3d
 
 
 def store_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -22,6 +22,8 @@ from fast3d_cli.cli.app import run
 from fast3d_cli.models.chat_scene.io import save_pretrained
 from fast3d_cli.stores import create_store, open_store
 
+from .conftest import fast3d
+
 TINY_GAP = {
     "hidden_size": 32,
     "num_attention_heads": 2,
@@ -36,12 +38,6 @@ TINY_GAP = {
 }
 STORE_TASKS = "scanqa,scanrefer,sqa3d"
 _CACHE: dict[str, Path] = {}
-
-
-def fast3d(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def build_gap_inputs(tiny_model, data_config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
