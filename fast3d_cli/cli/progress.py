@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -54,5 +55,6 @@ def print_metrics_table(result: dict[str, Any], file: IO[str]) -> None:
         from fast3d_cli.metrics import HEADLINE_METRICS
 
         shown = "n/a" if value is None else f"{100 * value:.2f}"
-        table.add_row(task, HEADLINE_METRICS[task], shown, str(result.get("samples", {}).get(task, "")))
+        metric = escape(HEADLINE_METRICS[task])  # "[task] ..." would otherwise be read as rich markup
+        table.add_row(task, metric, shown, str(result.get("samples", {}).get(task, "")))
     Console(file=file).print(table)
