@@ -20,10 +20,9 @@ from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
-from fast3d_cli.stores import MapGroup, MapStore, StoreError, create_store, open_store
+from fast3d_cli.stores import MapStore, StoreError, create_store, fill_missing_chunks, open_store
+from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -171,33 +170,6 @@ def check_finite(arrays: dict[str, np.ndarray], batch: Sequence[Sample]) -> None
             )
 
 
-def run_group(
-    model: Any,
-    group: MapGroup,
-    samples: Sequence[Sample],
-    bank: SceneBank,
-    settings: ExtractSettings,
-    rank: int,
-    world: int,
-    progress: ProgressCallback | None,
-) -> int:
-    """Extract this rank's missing chunks of one group; returns the number of samples computed."""
-    done = group.completed_chunks()
-    mine = [c for c in range(group.n_chunks) if c % world == rank and c not in done]
-    computed = 0
-    finished = sum(group.chunk_bounds(c)[1] - group.chunk_bounds(c)[0] for c in done)
-    if progress:
-        progress(group.path, finished, group.n_samples)
-    for chunk in mine:
-        start, stop = group.chunk_bounds(chunk)
-        arrays = extract_chunk(model, bank, samples[start:stop], settings)
-        group.write_chunk(chunk, np.array([s.index for s in samples[start:stop]]), arrays)
-        computed += stop - start
-        if progress:
-            progress(group.path, finished + computed * world, group.n_samples)
-    return computed
-
-
 def extract(
     model: Any,
     model_fingerprint: str,
@@ -246,8 +218,14 @@ def extract(
     banks = {split: SceneBank(data, split) for split in settings.splits}
     for key, rows in samples.items():
         task, split = key.split("/")
-        computed += run_group(
-            model, store.group(task, split), rows, banks[split], settings, rank, world, progress
+        bank = banks[split]
+        computed += fill_missing_chunks(
+            store.group(task, split),
+            rows,
+            lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
+            rank,
+            world,
+            progress,
         )
     barrier()
     return {"computed": computed, "store": store.summary(), "settings": asdict(settings)}

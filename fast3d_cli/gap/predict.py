@@ -29,10 +29,9 @@ from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.errors import UserError
 from fast3d_cli.gap.sources import GAPSource
-from fast3d_cli.stores import MapGroup, StoreError, open_store
+from fast3d_cli.stores import StoreError, fill_missing_chunks, open_store
+from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -87,31 +86,6 @@ def predict_chunk(
         parts.append(logits)
     logits = np.concatenate(parts).astype(np.float32)
     return {"object_scores": logits, "prompt_scores": logits.copy()}
-
-
-def run_chunks(
-    group: MapGroup,
-    samples: Sequence[Sample],
-    compute: Callable[[Sequence[Sample]], dict[str, np.ndarray]],
-    rank: int,
-    world: int,
-    progress: ProgressCallback | None,
-) -> int:
-    """Compute and write this rank's missing chunks of ``group`` (chunk c belongs to rank c mod world)."""
-    done = group.completed_chunks()
-    mine = [c for c in range(group.n_chunks) if c % world == rank and c not in done]
-    finished = sum(group.chunk_bounds(c)[1] - group.chunk_bounds(c)[0] for c in done)
-    if progress:
-        progress(group.path, finished, group.n_samples)
-    computed = 0
-    for chunk in mine:
-        start, stop = group.chunk_bounds(chunk)
-        rows = samples[start:stop]
-        group.write_chunk(chunk, np.array([s.index for s in rows]), compute(rows))
-        computed += stop - start
-        if progress:
-            progress(group.path, min(group.n_samples, finished + computed * world), group.n_samples)
-    return computed
 
 
 def training_provenance(source: GAPSource) -> dict[str, Any]:
@@ -206,7 +180,7 @@ def predict(
     for key, rows in samples.items():
         task, split = key.split("/")
         bank = banks[split]
-        computed += run_chunks(
+        computed += fill_missing_chunks(
             store.group(task, split),
             rows,
             lambda chunk, bank=bank: predict_chunk(
