@@ -6,7 +6,14 @@ import sys
 
 import typer
 
-from fast3d_cli.cli import eval_command, extract_command, gap_commands, info_command, sample_commands
+from fast3d_cli.cli import (
+    eval_command,
+    extract_command,
+    gap_commands,
+    info_command,
+    sample_commands,
+    search_alpha_command,
+)
 from fast3d_cli.cli.common import set_invocation
 from fast3d_cli.errors import UserError
 
@@ -14,8 +21,8 @@ app = typer.Typer(
     name="fast3d",
     help="Fast visual-token pruning for 3D multimodal LLMs (Chat-Scene), following Fast3D.\n\n"
     "Stages, in pipeline order: extract (target model -> attention maps), train-gap (maps -> GAP "
-    "checkpoint), predict (GAP -> predicted maps), eval (target model -> task metrics). Inspect any store "
-    "with info.",
+    "checkpoint), predict (GAP -> predicted maps), search-alpha (maps -> SAP alpha for a target ratio), eval "
+    "(target model -> task metrics). Inspect any store with info.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -24,6 +31,7 @@ app = typer.Typer(
 app.command("extract", rich_help_panel="Stages")(extract_command.extract_command)
 app.command("train-gap", rich_help_panel="Stages")(gap_commands.train_gap_command)
 app.command("predict", rich_help_panel="Stages")(gap_commands.predict_command)
+app.command("search-alpha", rich_help_panel="Stages")(search_alpha_command.search_alpha_command)
 app.command("eval", rich_help_panel="Stages")(eval_command.eval_command)
 app.command("info", rich_help_panel="Stores")(info_command.info_command)
 app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world")
