@@ -81,3 +81,13 @@ def emit(path: Path, payload: Any, as_json: bool) -> None:
     else:
         sys.stdout.write(f"{path}\n")
     sys.stdout.flush()
+
+
+def read_path_from_stdin(what: str) -> Path:
+    """The path a previous pipeline stage printed (its first non-empty stdout line)."""
+    from fast3d_cli.errors import UserError
+
+    for line in sys.stdin:
+        if line.strip():
+            return Path(line.strip())
+    raise UserError(f"{what} -: no path on stdin (pipe the previous stage's output)")

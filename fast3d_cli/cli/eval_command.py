@@ -21,15 +21,74 @@ from fast3d_cli.cli.common import (
     data_config,
     emit,
     model_source,
+    read_path_from_stdin,
 )
 
 
 def eval_command(
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
     split: Annotated[str, typer.Option("--split", help="Annotation split to evaluate.")] = "val",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path(
-        "runs/eval-dense"
-    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (default: runs/eval-METHOD).")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="none, random, fastv, divprune, oracle, oracle+sap, gap, gap+sap.",
+            rich_help_panel="Pruning",
+        ),
+    ] = "none",
+    maps: Annotated[
+        Path | None,
+        typer.Option(
+            "--maps",
+            allow_dash=True,
+            help="Maps store: prediction (gap) or attention (oracle); '-' reads the path from stdin.",
+            rich_help_panel="Pruning",
+        ),
+    ] = None,
+    gap: Annotated[
+        Path | None,
+        typer.Option("--gap", help="GAP directory, run online instead of --maps.", rich_help_panel="Pruning"),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", help="Keep N objects (or tokens) per sample.", rich_help_panel="Pruning"),
+    ] = None,
+    ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--ratio", help="Layer-averaged pruning ratio in percent (spec §5.7).", rich_help_panel="Pruning"
+        ),
+    ] = None,
+    alpha: Annotated[
+        str | None,
+        typer.Option(
+            "--alpha", help="SAP mass in (0, 1], or 'auto' (from search-alpha).", rich_help_panel="Pruning"
+        ),
+    ] = None,
+    layer: Annotated[
+        int,
+        typer.Option(
+            "--layer", "-k", help="Prune before this layer (0 = before the LLM).", rich_help_panel="Pruning"
+        ),
+    ] = 0,
+    granularity: Annotated[
+        str, typer.Option(help="object (3 tokens together) or token.", rich_help_panel="Pruning")
+    ] = "object",
+    seed: Annotated[int, typer.Option(help="Seed of --method random.", rich_help_panel="Pruning")] = 0,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dense run for the score ratio (reused or computed; default runs/eval-none).",
+            rich_help_panel="Pruning",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Use maps made for another model or data.", rich_help_panel="Pruning")
+    ] = False,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     base_llm: BaseLLMOption = None,
@@ -55,13 +114,13 @@ def eval_command(
     data_root: DataRootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate the target model (dense) on Chat-Scene tasks; resumable per sample.
+    """Evaluate the target model, dense or pruned, on Chat-Scene tasks: metrics, score ratio, speed.
 
-    Example: [bold]fast3d eval --tasks scanrefer,scanqa --split val --limit 50[/bold]
+    Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
     """
     from fast3d_cli.cli.progress import TaskProgress, print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.evaluation import EvalSettings, run_eval
+    from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
     from fast3d_cli.generation import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
 
@@ -80,12 +139,50 @@ def eval_command(
         ),
         scanqa_clean_references=scanqa_clean_refs,
         scan2cap_sos_eos=scan2cap_sos_eos,
+        pruning=pruning_settings(method, maps, gap, keep, ratio, alpha, layer, granularity, seed, force),
     )
+    output = output or Path(f"runs/eval-{method}")
     fingerprint = source.fingerprint()
     target = source.load(device=device, dtype=dtype)
     with TaskProgress() as progress:
-        result = run_eval(
-            target, fingerprint, data, settings, output, overwrite=overwrite, progress=progress.update
+        result = run_pruned_eval(
+            target,
+            fingerprint,
+            data,
+            settings,
+            output,
+            baseline or Path("runs/eval-none"),
+            overwrite=overwrite,
+            progress=progress.update,
         )
     print_metrics_table(result, file=sys.stderr)
     emit(output / "metrics.json", result, as_json)
+
+
+def pruning_settings(
+    method: str,
+    maps: Path | None,
+    gap: Path | None,
+    keep: int | None,
+    ratio: float | None,
+    alpha: str | None,
+    layer: int,
+    granularity: str,
+    seed: int,
+    force: bool,
+):
+    from fast3d_cli.errors import UserError
+    from fast3d_cli.pruning.methods import PruningSettings
+
+    if maps is not None and str(maps) == "-":
+        maps = read_path_from_stdin("--maps")
+    parsed_alpha: float | str | None = alpha
+    if alpha is not None and alpha != "auto":
+        try:
+            parsed_alpha = float(alpha)
+        except ValueError:
+            raise UserError(f"--alpha must be a number in (0, 1] or 'auto', got {alpha!r}") from None
+    return PruningSettings(
+        method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
+        seed=seed, maps=maps, gap=gap, force=force,
+    )  # fmt: skip

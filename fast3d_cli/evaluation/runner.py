@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
+from fast3d_cli.pruning.methods import PruningSettings
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -30,10 +31,20 @@ class EvalSettings:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scanqa_clean_references: bool = False
     scan2cap_sos_eos: str = "official"
+    pruning: PruningSettings = field(default_factory=PruningSettings)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to reuse earlier predictions (tasks may grow)."""
-        return {"split": self.split, "limit": self.limit, "generation": asdict(self.generation)}
+        return {
+            "split": self.split,
+            "limit": self.limit,
+            "generation": asdict(self.generation),
+            "pruning": self.pruning.identity(),
+        }
+
+    @property
+    def dense(self) -> EvalSettings:
+        return replace(self, pruning=PruningSettings())
 
 
 def data_files(data: DataConfig, tasks: Sequence[str], split: str) -> list[Path]:
@@ -67,7 +78,7 @@ def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) ->
     write_json(path, manifest, indent=2)
 
 
-def prediction_record(sample: Sample, text: str) -> dict[str, Any]:
+def prediction_record(sample: Sample, text: str, kept_visual: int, prompt_tokens: int) -> dict[str, Any]:
     return {
         "index": sample.index,
         "scene_id": sample.scene_id,
@@ -78,13 +89,27 @@ def prediction_record(sample: Sample, text: str) -> dict[str, Any]:
         "pred": text,
         "ref_captions": list(sample.ref_captions),
         "type_info": sample.type_info,
+        "kept_visual_tokens": kept_visual,
+        "prompt_tokens": prompt_tokens,
     }
 
 
+@dataclass
+class GeneratedBatch:
+    texts: list[str]
+    kept_visual: list[int]
+    prompt_tokens: list[int]
+
+
 def generate_answers(
-    model: Any, bank: SceneBank, samples: Sequence[Sample], config: GenerationConfig
-) -> list[str]:
-    """Dense generation for one batch of samples (greedy or beam search as configured)."""
+    model: Any,
+    bank: SceneBank,
+    samples: Sequence[Sample],
+    config: GenerationConfig,
+    pruner: Any = None,
+    timer: Any = None,
+) -> GeneratedBatch:
+    """Generate one batch, dense or with ``pruner`` (a :class:`~fast3d_cli.pruning.Pruner`)."""
     import torch
 
     from fast3d_cli.generation import HFCausalLMDecoder, decode_batch, generate
@@ -96,15 +121,24 @@ def generate_answers(
             torch.stack([f[0] for f in feats]),
             torch.stack([f[1] for f in feats]),
         )
+        if pruner is None:
+            decoder, plan = HFCausalLMDecoder(model.llm), None
+        else:
+            plan = pruner.plan(samples, inputs, bank)
+            decoder = plan.decoder
+        if timer is not None:
+            decoder = timer.wrap(decoder)
         ids = generate(
-            HFCausalLMDecoder(model.llm),
+            decoder,
             inputs.inputs_embeds,
             inputs.attention_mask,
             config,
             eos_token_id=model.tokenizer.eos_token_id,
             bos_token_id=model.tokenizer.bos_token_id,
         )
-    return decode_batch(model.tokenizer, ids)
+    n_visual = model.config.n_visual_tokens
+    kept = plan.kept_tokens() if plan is not None else [n_visual] * len(samples)
+    return GeneratedBatch(decode_batch(model.tokenizer, ids), kept, inputs.attention_mask.sum(-1).tolist())
 
 
 def _metric_context(data: DataConfig, bank: SceneBank, tasks: Sequence[str]):
@@ -147,10 +181,16 @@ def run_eval(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``settings.tasks``; returns the metrics document also written to metrics.json."""
+    """Evaluate ``model`` (pruned as ``settings.pruning`` says) on ``settings.tasks``; returns the metrics
+    document also written to metrics.json. Samples already in the prediction logs are not generated again."""
+    from fast3d_cli.evaluation.speed import SpeedTimer
+    from fast3d_cli.pruning.pruner import Pruner
+
     out_dir = Path(out_dir)
     files = data_files(data, settings.tasks, settings.split)
     samples = {t: load_samples(data, t, settings.split)[: settings.limit] for t in settings.tasks}
+    pruner = Pruner(settings.pruning, model, model_fingerprint, data)
+    pruner.check_samples([s for rows in samples.values() for s in rows])
     manifest = {
         "fast3d_version": __version__,
         "model": model_fingerprint,
@@ -160,6 +200,7 @@ def run_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(out_dir, manifest, overwrite)
     bank = SceneBank(data, settings.split)
+    timer = SpeedTimer(model.device)
     started, generated = time.perf_counter(), 0
     for task, task_samples in samples.items():
         log = PredictionLog(out_dir / "predictions" / f"{task}.jsonl")
@@ -170,23 +211,96 @@ def run_eval(
             progress(task, len(task_samples) - len(todo), len(task_samples))
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start : start + settings.batch_size]
-            texts = generate_answers(model, bank, batch, settings.generation)
-            log.append(prediction_record(s, t) for s, t in zip(batch, texts, strict=True))
+            out = generate_answers(model, bank, batch, settings.generation, pruner, timer)
+            log.append(
+                prediction_record(s, t, k, n)
+                for s, t, k, n in zip(batch, out.texts, out.kept_visual, out.prompt_tokens, strict=True)
+            )
             generated += len(batch)
             if progress:
                 progress(task, len(task_samples) - len(todo) + start + len(batch), len(task_samples))
     seconds = time.perf_counter() - started
+    previous = out_dir / "metrics.json"
+    speed = timer.summary(generated, seconds)
+    if not generated and previous.is_file():  # nothing new: keep the speed measured when it was generated
+        speed = load_metrics(previous).get("speed", speed)
     result = {
         **score(out_dir, data, bank, settings),
         "samples": {t: len(s) for t, s in samples.items()},
-        "speed": {
-            "generated_samples": generated,
-            "seconds": round(seconds, 3),
-            "samples_per_s": round(generated / seconds, 3) if generated else None,
-        },
+        "pruning": pruning_summary(out_dir, settings, pruner, model.llm.config),
+        "speed": speed,
         "run": manifest,
     }
     write_json(out_dir / "metrics.json", result, indent=2)
+    return result
+
+
+def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_config: Any) -> dict[str, Any]:
+    """The budget, both pruning ratios (overall and per task), kept tokens and analytic prefill FLOPs."""
+    from fast3d_cli.pruning.flops import mean_prefill_gflops
+    from fast3d_cli.pruning.methods import kept_summary
+
+    budget = pruner.budget
+    kept_all: list[int] = []
+    prompts: list[int] = []
+    per_task = {}
+    for task in settings.tasks:
+        records = PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values()
+        kept = [int(r.get("kept_visual_tokens", budget.n_visual)) for r in records]
+        kept_all += kept
+        prompts += [int(r.get("prompt_tokens", 0)) for r in records]
+        per_task[task] = kept_summary(kept, budget)
+    removed = [budget.n_visual - k for k in kept_all]
+    pruned_gflops = mean_prefill_gflops(llm_config, prompts, removed, budget.layer)
+    dense_gflops = mean_prefill_gflops(llm_config, prompts, [0] * len(prompts), budget.layer)
+    return {
+        **pruner.describe(),
+        **kept_summary(kept_all, budget),
+        "per_task": per_task,
+        "prefill_gflops_per_sample": round(pruned_gflops, 4),
+        "dense_prefill_gflops_per_sample": round(dense_gflops, 4),
+        "flops_ratio": round(pruned_gflops / dense_gflops, 4) if dense_gflops else None,
+    }
+
+
+def add_score_ratio(result: dict[str, Any], baseline: dict[str, Any], baseline_dir: Path) -> dict[str, Any]:
+    """Attach the paper's score ratio (§7) of ``result`` against the dense ``baseline`` run."""
+    from fast3d_cli.metrics import score_ratio
+    from fast3d_cli.metrics.context import MetricsError
+
+    method, base = result["headline"], baseline["headline"]
+    shared = {t: v for t, v in base.items() if t in method}
+    entry: dict[str, Any] = {"baseline": str(baseline_dir), "baseline_headline": shared}
+    try:
+        entry["value"] = round(score_ratio(method, shared), 4)
+        entry["per_task"] = {t: round(100 * method[t] / v, 4) for t, v in shared.items() if v}
+    except MetricsError as err:
+        entry["value"], entry["error"] = None, str(err)
+    result["score_ratio"] = entry
+    return result
+
+
+def run_pruned_eval(
+    model: Any,
+    model_fingerprint: str,
+    data: DataConfig,
+    settings: EvalSettings,
+    out_dir: Path,
+    baseline_dir: Path | None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
+    ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it."""
+    result = run_eval(
+        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress
+    )
+    if settings.pruning.method == "none" or baseline_dir is None:
+        return result
+    baseline = run_eval(model, model_fingerprint, data, settings.dense, baseline_dir, progress=progress)
+    add_score_ratio(result, baseline, baseline_dir)
+    write_json(Path(out_dir) / "metrics.json", result, indent=2)
     return result
 
 

@@ -1,0 +1,186 @@
+"""The pruning methods: one registry entry per method = a scorer + a budget rule (spec §5).
+
+============  ======================================================  ===========================
+method        scores                                                  budget
+============  ======================================================  ===========================
+none          -                                                       keep everything (dense)
+random        uniform, seeded per sample                              --keep / --ratio
+fastv         layer K-1 head-mean attention of the last prompt token  --keep / --ratio (K >= 1)
+divprune      max-min diversity of the visual embeddings              --keep / --ratio
+oracle        extracted attention maps (an ``attention`` store)       --keep / --ratio
+oracle+sap    the same                                                --alpha (SAP)
+gap           GAP logits (a ``prediction`` store, or --gap online)    --keep / --ratio
+gap+sap       the same                                                --alpha (SAP, §5.5)
+============  ======================================================  ===========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fast3d_cli.errors import UserError
+from fast3d_cli.pruning.budgets import check_alpha, check_layer, check_ratio, keep_for_ratio
+
+GRANULARITIES = {"object": 3, "token": 1}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    scorer: str  # key of SCORERS, or "none"
+    budget: str  # "none", "fixed" or "sap"
+    map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
+    min_layer: int = 0
+    help: str = ""
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("none", "none", "none", help="dense: no pruning"),
+        MethodSpec("random", "random", "fixed", help="random visual tokens, seeded per sample"),
+        MethodSpec("fastv", "fastv", "fixed", min_layer=1, help="FastV: attention of the last prompt token"),
+        MethodSpec("divprune", "divprune", "fixed", help="DivPrune: max-min diversity of the embeddings"),
+        MethodSpec("oracle", "maps", "fixed", ("attention",), help="extracted attention maps (upper bound)"),
+        MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
+        MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
+        MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
+    )
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise UserError(f"unknown --method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """A pruning configuration as given on the command line (``alpha`` may be "auto")."""
+
+    method: str = "none"
+    layer: int = 0
+    keep: int | None = None
+    ratio: float | None = None
+    alpha: float | str | None = None
+    granularity: str = "object"
+    seed: int = 0
+    maps: Path | None = None
+    gap: Path | None = None
+    force: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("force")
+        data["maps"] = None if self.maps is None else str(self.maps)
+        data["gap"] = None if self.gap is None else str(self.gap)
+        return data
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: ``keep`` groups per sample (fixed) or SAP ``alpha``; both None = dense."""
+
+    layer: int
+    group: int
+    n_groups: int
+    n_layers: int
+    keep: int | None = None
+    alpha: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_visual(self) -> int:
+        return self.group * self.n_groups
+
+
+def validate(settings: PruningSettings, n_layers: int) -> MethodSpec:
+    """Check the options that do not need any file (exit 2 on a bad value)."""
+    spec = get_method(settings.method)
+    if settings.granularity not in GRANULARITIES:
+        raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
+    check_layer(settings.layer, n_layers)
+    if settings.layer < spec.min_layer:
+        raise UserError(
+            f"{spec.name} scores tokens with layer K-1 attention: use --layer >= {spec.min_layer}"
+        )
+    if settings.ratio is not None:
+        check_ratio(settings.ratio)
+    if settings.alpha is not None and settings.alpha != "auto":
+        check_alpha(float(settings.alpha))
+    if settings.keep is not None and settings.keep < 0:
+        raise UserError(f"--keep must be >= 0, got {settings.keep}")
+    if spec.budget == "fixed" and (settings.keep is None) == (settings.ratio is None):
+        raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio")
+    if spec.budget == "sap":
+        if settings.alpha is None:
+            raise UserError(f"--method {spec.name} needs --alpha (a number in (0, 1], or auto)")
+        if settings.granularity != "object":
+            raise UserError("SAP budgets are computed over objects: use --granularity object")
+    if spec.budget != "sap" and settings.alpha is not None:
+        raise UserError(f"--alpha applies to the +sap methods, not {spec.name}")
+    if spec.budget != "fixed" and (settings.keep is not None or settings.ratio is not None):
+        raise UserError(f"--keep/--ratio do not apply to --method {spec.name}")
+    if spec.scorer == "maps":
+        online = "prediction" in spec.map_kinds
+        if settings.gap is not None and not online:
+            raise UserError(f"--gap applies to the gap methods, not {spec.name}")
+        if (settings.maps is None) == (settings.gap is None):
+            wanted = (
+                "--maps (a prediction store) or --gap (a GAP network)"
+                if online
+                else ("--maps (an attention store from fast3d extract)")
+            )
+            raise UserError(f"--method {spec.name} needs exactly one of {wanted}")
+    elif settings.maps is not None or settings.gap is not None:
+        raise UserError(f"--maps/--gap do not apply to --method {spec.name}")
+    return spec
+
+
+def resolve_budget(
+    spec: MethodSpec, settings: PruningSettings, n_layers: int, n_objects: int, store_alpha: float | None
+) -> Budget:
+    group = GRANULARITIES[settings.granularity]
+    n_groups = n_objects * 3 // group
+    budget = Budget(settings.layer, group, n_groups, n_layers)
+    if spec.budget == "fixed":
+        keep = (
+            settings.keep
+            if settings.keep is not None
+            else keep_for_ratio(settings.ratio, settings.layer, n_layers, n_groups)
+        )
+        if keep > n_groups:
+            raise UserError(f"--keep {keep} exceeds the {n_groups} {settings.granularity}s per sample")
+        return Budget(settings.layer, group, n_groups, n_layers, keep=keep)
+    if spec.budget == "sap":
+        alpha = settings.alpha
+        if alpha == "auto":
+            if store_alpha is None:
+                raise UserError(
+                    "--alpha auto needs a maps store on which `fast3d search-alpha` was run; run it or give "
+                    "--alpha"
+                )
+            alpha = store_alpha
+        return Budget(settings.layer, group, n_groups, n_layers, alpha=check_alpha(float(alpha)))
+    return budget
+
+
+def kept_summary(kept_tokens: Sequence[int], budget: Budget) -> dict[str, float]:
+    """Both ratio definitions (§5.7) for a set of per-sample kept visual-token counts."""
+    from fast3d_cli.pruning.budgets import input_level_ratio, layer_averaged_ratio
+
+    n_visual = budget.n_visual
+    if budget.keep is None and budget.alpha is None:
+        return {"input_ratio": 0.0, "layer_averaged_ratio": 0.0, "mean_kept_tokens": float(n_visual)}
+    mean_kept = sum(kept_tokens) / len(kept_tokens) if kept_tokens else float("nan")
+    return {
+        "input_ratio": round(input_level_ratio(kept_tokens, n_visual), 4),
+        "layer_averaged_ratio": round(
+            layer_averaged_ratio(kept_tokens, n_visual, budget.layer, budget.n_layers), 4
+        ),
+        "mean_kept_tokens": round(mean_kept, 4),
+    }

@@ -1,0 +1,169 @@
+"""A configured pruning method for one evaluation: builds, per batch, the decoder that generates with it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fast3d_cli.data import DataConfig, Sample, SceneBank
+from fast3d_cli.errors import UserError
+from fast3d_cli.evaluation.fingerprint import files_fingerprint
+from fast3d_cli.pruning.methods import Budget, MethodSpec, PruningSettings, resolve_budget, validate
+from fast3d_cli.pruning.scorers import (
+    StoreMaps,
+    divprune_features,
+    divprune_scores,
+    random_scores,
+    to_granularity,
+)
+
+TOKENS_PER_OBJECT = 3
+
+
+@dataclass
+class BatchPlan:
+    """The decoder for one batch and, once it has prefilled, the visual tokens each sample kept."""
+
+    decoder: Any
+    n_visual: int
+    rows: int
+
+    def kept_tokens(self) -> list[int]:
+        report = getattr(self.decoder, "report", None)
+        if report is None:  # dense
+            return [self.n_visual] * self.rows
+        return (report.kept_visual >= 0).sum(-1).tolist()
+
+
+def _data_problems(data: DataConfig) -> Any:
+    features = files_fingerprint([data.path(data.feats_3d), data.path(data.feats_2d)])
+
+    def problems(store: Any) -> list[str]:
+        found = [] if store.attrs.get("data") == features else ["data (object features)"]
+        for group in store.groups():
+            path = data.annotation_path(group.task, group.split)
+            if path.is_file() and group.attrs.get("annotation") != files_fingerprint([path]):
+                found.append(f"annotation ({group.task}/{group.split})")
+                break
+        return found
+
+    return problems
+
+
+class Pruner:
+    """``settings`` resolved against a model, the data and the maps/GAP network they name."""
+
+    def __init__(
+        self, settings: PruningSettings, model: Any, model_fingerprint: str, data: DataConfig
+    ) -> None:
+        n_layers = model.llm.config.num_hidden_layers
+        self.spec: MethodSpec = validate(settings, n_layers)
+        self.settings = settings
+        self.model = model
+        self.maps: StoreMaps | None = None
+        self.gap: tuple[Any, Any] | None = None
+        if settings.maps is not None:
+            self.maps = StoreMaps(
+                settings.maps, self.spec.map_kinds, model_fingerprint, _data_problems(data), settings.force
+            )
+        if settings.gap is not None:
+            self.gap = self._load_gap(settings, model_fingerprint)
+        n_objects = model.config.max_obj_num
+        self.budget: Budget = resolve_budget(
+            self.spec, settings, n_layers, n_objects, self.maps.alpha if self.maps else None
+        )
+
+    def _load_gap(self, settings: PruningSettings, model_fingerprint: str) -> tuple[Any, Any]:
+        from fast3d_cli.gap.predict import training_provenance
+        from fast3d_cli.gap.sources import GAPSource
+
+        source = GAPSource.from_path(settings.gap)
+        trained_for = training_provenance(source).get("model")
+        if trained_for is not None and trained_for != model_fingerprint and not settings.force:
+            raise UserError(
+                f"the GAP network {settings.gap} was trained on maps of another model; use --force to use it"
+            )
+        return source.load(device=str(self.model.device))
+
+    @property
+    def is_dense(self) -> bool:
+        return self.spec.budget == "none"
+
+    def describe(self) -> dict[str, Any]:
+        b = self.budget
+        return {
+            "method": self.spec.name,
+            "layer": b.layer,
+            "granularity": self.settings.granularity,
+            "keep": b.keep,
+            "alpha": b.alpha,
+            "n_layers": b.n_layers,
+            "n_visual": b.n_visual,
+        }
+
+    def check_samples(self, samples: Sequence[Sample]) -> None:
+        """Refuse (exit 2) when the maps store lacks samples to evaluate."""
+        if self.maps is None:
+            return
+        by_group: dict[tuple[str, str], list[Sample]] = {}
+        for sample in samples:
+            by_group.setdefault((sample.task, sample.split), []).append(sample)
+        for (task, split), rows in by_group.items():
+            self.maps.check_covers(task, split, rows)
+
+    def plan(self, samples: Sequence[Sample], inputs: Any, bank: SceneBank) -> BatchPlan:
+        """The decoder for one built batch (``inputs``: :class:`ModelInputs` of the prompts)."""
+        from fast3d_cli.generation import HFCausalLMDecoder
+        from fast3d_cli.pruning.engine import PrunedDecoder, PruningPlan
+
+        n_visual = self.model.config.n_visual_tokens
+        if self.is_dense:
+            return BatchPlan(HFCausalLMDecoder(self.model.llm), n_visual, len(samples))
+        b = self.budget
+        scores = self._scores(samples, inputs, bank)
+        rows = len(samples)
+        plan = PruningPlan(
+            layer=b.layer,
+            visual_start=inputs.visual_start,
+            n_groups=b.n_groups,
+            group=b.group,
+            scores=scores,
+            keep=None if b.keep is None else torch.full((rows,), b.keep, dtype=torch.long),
+            alpha=None if b.alpha is None else torch.full((rows,), b.alpha, dtype=torch.float32),
+        )
+        return BatchPlan(PrunedDecoder(self.model.llm, plan), n_visual, rows)
+
+    def _scores(self, samples: Sequence[Sample], inputs: Any, bank: SceneBank) -> Tensor | None:
+        b, scorer = self.budget, self.spec.scorer
+        if scorer == "fastv":
+            return None
+        if scorer == "random":
+            return random_scores(samples, b.n_groups, self.settings.seed)
+        if scorer == "divprune":
+            features = divprune_features(visual_embeddings(inputs, b.n_visual), TOKENS_PER_OBJECT, b.group)
+            return divprune_scores(features, b.keep)
+        if scorer == "maps":
+            objects = self.maps.scores(samples) if self.maps is not None else self._gap_scores(samples, bank)
+            return to_granularity(objects, TOKENS_PER_OBJECT, b.group)
+        raise AssertionError(f"no scorer {scorer!r}")
+
+    def _gap_scores(self, samples: Sequence[Sample], bank: SceneBank) -> Tensor:
+        from fast3d_cli.gap.predict import predict_chunk
+
+        gap_model, tokenizer = self.gap
+        precision = "bfloat16-autocast" if self.model.device.type == "cuda" else "float32"
+        arrays = predict_chunk(gap_model, tokenizer, bank, samples, len(samples), precision)
+        return torch.from_numpy(arrays["object_scores"]).float()
+
+
+def visual_embeddings(inputs: Any, n_visual: int) -> Tensor:
+    """[B, n_visual, H] visual token embeddings of a built batch."""
+    columns = inputs.visual_start.to(inputs.inputs_embeds.device)[:, None] + torch.arange(
+        n_visual, device=inputs.inputs_embeds.device
+    )
+    embeds = inputs.inputs_embeds
+    return embeds.gather(1, columns[..., None].expand(-1, -1, embeds.shape[-1]))
