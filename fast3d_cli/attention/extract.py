@@ -33,6 +33,7 @@ class ExtractSettings:
     chunk_size: int = 64
     seed: int = 42
     keep_layers: bool = False
+    limit: int | None = None  # first N samples of each task/split (quick runs, the demo)
 
     def aggregation(self, n_layers: int, dtype: str) -> dict[str, Any]:
         """What the maps mean; part of the store identity (a rerun with other values is refused)."""
@@ -110,9 +111,14 @@ def prepare_store(
         task, split = key.split("/")
         if store.has_group(task, split):
             group = store.group(task, split)
-            if group.attrs.get("annotation") != annotation_fp or group.n_samples != n_samples:
+            if group.attrs.get("annotation") != annotation_fp:
                 raise StoreError(
                     f"{path}: {key} was extracted from another annotation file; use --overwrite to replace it"
+                )
+            if group.n_samples != n_samples:
+                raise StoreError(
+                    f"{path}: {key} holds {group.n_samples} samples but this run asks for {n_samples} "
+                    "(another --limit?); use --overwrite to replace it"
                 )
         else:
             store.create_group(task, split, n_samples, {"annotation": annotation_fp}, optional=keep_layers)
@@ -186,7 +192,8 @@ def extract(
 ) -> dict[str, Any]:
     """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}."""
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
-    samples = {f"{t}/{s}": load_samples(data, t, s) for t in settings.tasks for s in settings.splits}
+    keys = [(t, s) for t in settings.tasks for s in settings.splits]
+    samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
     for key, rows in samples.items():
         if not rows:
             raise UserError(f"{key} has no samples")

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from fast3d_cli.cli import (
+    demo_command,
     eval_command,
     extract_command,
     gap_commands,
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command("demo", rich_help_panel="Start here")(demo_command.demo_command)
 app.command("extract", rich_help_panel="Stages")(extract_command.extract_command)
 app.command("train-gap", rich_help_panel="Stages")(gap_commands.train_gap_command)
 app.command("predict", rich_help_panel="Stages")(gap_commands.predict_command)

@@ -91,3 +91,8 @@ def read_path_from_stdin(what: str) -> Path:
         if line.strip():
             return Path(line.strip())
     raise UserError(f"{what} -: no path on stdin (pipe the previous stage's output)")
+
+
+def path_or_stdin(path: Path, what: str) -> Path:
+    """``path``, or the path read from stdin when it is "-" (pipelines: ``a | fast3d b -``)."""
+    return read_path_from_stdin(what) if str(path) == "-" else path

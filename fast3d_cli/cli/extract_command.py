@@ -34,6 +34,9 @@ def extract_command(
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the teacher-caption choice on val.")] = 42,
     keep_layers: Annotated[bool, typer.Option(help="Also store per-layer and per-token scores.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N samples of each task and split.")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a store made with another model, data or settings.")
     ] = False,
@@ -64,6 +67,7 @@ def extract_command(
         chunk_size=chunk_size,
         seed=seed,
         keep_layers=keep_layers,
+        limit=limit,
     )
     data = data_config(config, data_root)
     source = model_source(model, checkpoint, base_llm, lora_alpha)

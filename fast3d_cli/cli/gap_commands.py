@@ -15,6 +15,7 @@ from fast3d_cli.cli.common import (
     command_line,
     data_config,
     emit,
+    path_or_stdin,
 )
 
 
@@ -67,7 +68,10 @@ class TrainingBar:
 def train_gap_command(
     stores: Annotated[
         list[Path],
-        typer.Argument(help="Attention stores from fast3d extract (train maps; val maps optional)."),
+        typer.Argument(
+            help="Attention stores from fast3d extract (train maps; val maps optional); '-' reads a path "
+            "from stdin."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="GAP directory to create or resume.")] = Path(
         "gap"
@@ -169,6 +173,7 @@ def train_gap_command(
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
     )
+    stores = [path_or_stdin(store, "STORE") for store in stores]
     data = data_config(config, data_root)
     overrides = read_config_overrides(gap_config)
     with TrainingBar() as bar:
@@ -194,7 +199,10 @@ def train_gap_command(
 
 def predict_command(
     gap: Annotated[
-        Path, typer.Argument(help="GAP directory (from train-gap), or an official checkpoint_best.pth.")
+        Path,
+        typer.Argument(
+            help="GAP directory (from train-gap) or an official checkpoint_best.pth; '-' reads it from stdin."
+        ),
     ],
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits.")] = "val",
@@ -241,7 +249,7 @@ def predict_command(
         dtype=dtype,
     )
     data = data_config(config, data_root)
-    source = GAPSource.from_path(gap, roberta=roberta, config_file=gap_config)
+    source = GAPSource.from_path(path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config)
     with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
         result = predict(
             source,

@@ -58,3 +58,28 @@ def print_metrics_table(result: dict[str, Any], file: IO[str]) -> None:
         metric = escape(HEADLINE_METRICS[task])  # "[task] ..." would otherwise be read as rich markup
         table.add_row(task, metric, shown, str(result.get("samples", {}).get(task, "")))
     Console(file=file).print(table)
+
+
+def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str) -> None:
+    """The paper-style table: headline metrics (x100), score ratio, both pruning ratios, kept objects."""
+    from fast3d_cli.metrics import HEADLINE_METRICS
+
+    tasks = list(HEADLINE_METRICS)
+    table = Table(title=title)
+    table.add_column("method")
+    for task in tasks:
+        table.add_column(escape(HEADLINE_METRICS[task].replace(f"[{task}] ", f"{task} ")), justify="right")
+    for name in ("score ratio %", "pruned % (layer-avg / input)", "kept obj", "samples/s"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        values = [row["headline"].get(t) for t in tasks]
+        speed = row.get("samples_per_s")
+        table.add_row(
+            escape(row["method"]),
+            *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
+            f"{row['score_ratio']:.2f}",
+            f"{row['layer_averaged_ratio']:.1f} / {row['input_ratio']:.1f}",
+            f"{row['mean_kept_objects']:.1f}",
+            "-" if speed is None else f"{speed:.1f}",
+        )
+    Console(file=file).print(table)

@@ -78,8 +78,10 @@ def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) ->
     write_json(path, manifest, indent=2)
 
 
-def prediction_record(sample: Sample, text: str, kept_visual: int, prompt_tokens: int) -> dict[str, Any]:
-    return {
+def prediction_record(
+    sample: Sample, text: str, kept_visual: int, prompt_tokens: int, kept_objects: list[int] | None = None
+) -> dict[str, Any]:
+    record = {
         "index": sample.index,
         "scene_id": sample.scene_id,
         "gt_id": sample.obj_id,
@@ -92,6 +94,9 @@ def prediction_record(sample: Sample, text: str, kept_visual: int, prompt_tokens
         "kept_visual_tokens": kept_visual,
         "prompt_tokens": prompt_tokens,
     }
+    if kept_objects is not None:
+        record["kept_objects"] = kept_objects
+    return record
 
 
 @dataclass
@@ -99,6 +104,7 @@ class GeneratedBatch:
     texts: list[str]
     kept_visual: list[int]
     prompt_tokens: list[int]
+    kept_objects: list[list[int] | None]
 
 
 def generate_answers(
@@ -138,7 +144,9 @@ def generate_answers(
         )
     n_visual = model.config.n_visual_tokens
     kept = plan.kept_tokens() if plan is not None else [n_visual] * len(samples)
-    return GeneratedBatch(decode_batch(model.tokenizer, ids), kept, inputs.attention_mask.sum(-1).tolist())
+    objects = plan.kept_objects() if plan is not None else [None] * len(samples)
+    prompt_tokens = inputs.attention_mask.sum(-1).tolist()
+    return GeneratedBatch(decode_batch(model.tokenizer, ids), kept, prompt_tokens, objects)
 
 
 def _metric_context(data: DataConfig, bank: SceneBank, tasks: Sequence[str]):
@@ -213,8 +221,10 @@ def run_eval(
             batch = todo[start : start + settings.batch_size]
             out = generate_answers(model, bank, batch, settings.generation, pruner, timer)
             log.append(
-                prediction_record(s, t, k, n)
-                for s, t, k, n in zip(batch, out.texts, out.kept_visual, out.prompt_tokens, strict=True)
+                prediction_record(s, t, k, n, o)
+                for s, t, k, n, o in zip(
+                    batch, out.texts, out.kept_visual, out.prompt_tokens, out.kept_objects, strict=True
+                )
             )
             generated += len(batch)
             if progress:

@@ -205,13 +205,14 @@ def _read_group(
             f"{data.annotation_path(task, split)}"
         )
     samples = load_samples(data, task, split)
-    if len(samples) != group.n_samples:
+    if group.n_samples > len(samples):
         raise StoreError(
             f"{store.path}: {group.path} has {group.n_samples} samples, the annotation file {len(samples)}"
         )
     index = group.read("sample_index")
-    if not np.array_equal(index, np.arange(len(samples))):
+    if not np.array_equal(index, np.arange(group.n_samples)):  # all samples, or the first N (--limit)
         raise StoreError(f"{store.path}: {group.path} rows are not in annotation order")
+    samples = samples[: group.n_samples]
     values = np.asarray(group.read(target), dtype=np.float32)
     if values.ndim != 2 or values.shape[1] != data.max_obj_num:
         raise StoreError(f"{store.path}: {group.path}/{target} has shape {values.shape}")

@@ -38,6 +38,14 @@ class BatchPlan:
             return [self.n_visual] * self.rows
         return (report.kept_visual >= 0).sum(-1).tolist()
 
+    def kept_objects(self) -> list[list[int] | None]:
+        """Per sample, the object slots with at least one kept token (None when nothing was pruned)."""
+        report = getattr(self.decoder, "report", None)
+        if report is None:
+            return [None] * self.rows
+        rows = report.kept_visual.tolist()
+        return [sorted({int(t) // TOKENS_PER_OBJECT for t in row if t >= 0}) for row in rows]
+
 
 def _data_problems(data: DataConfig) -> Any:
     features = files_fingerprint([data.path(data.feats_3d), data.path(data.feats_2d)])
