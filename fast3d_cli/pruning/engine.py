@@ -180,7 +180,7 @@ class PrunedDecoder:
 
     @torch.no_grad()
     def prefill(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, DecodeState]:
-        from fast3d_kernels.reference import select_gather_reference as select_gather  # TEMP
+        from fast3d_kernels import select_gather
         from transformers import DynamicCache
 
         runner, plan = self.runner, self.plan

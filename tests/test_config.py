@@ -1,0 +1,90 @@
+"""fast3d.toml: data roots, model paths and command defaults below the flags; `fast3d config show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import fast3d
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_config_show_names_the_source_of_each_setting(capsys, in_tmp) -> None:
+    (in_tmp / "fast3d.toml").write_text(
+        '[data]\nroot = "ann"\n[model]\nmodel = "models/m"\n[defaults.eval]\nbatch-size = 32\nnum_beams = 3\n'
+        "[defaults.sample.build-world]\nseed = 5\n"
+    )
+    code, stdout, _ = fast3d(capsys, "config", "show", "--json")
+    assert code == 0
+    rows = {r["setting"]: (r["value"], r["source"]) for r in json.loads(stdout)}
+    assert rows["data.root"] == (str(in_tmp / "ann"), "fast3d.toml")
+    assert rows["data.feats_3d"][1] == "built-in default"
+    assert rows["eval --model"] == (str(in_tmp / "models" / "m"), "fast3d.toml")
+    assert rows["extract --model"][0] == str(in_tmp / "models" / "m")
+    assert rows["eval --batch-size"] == ("32", "fast3d.toml") and rows["eval --num-beams"][0] == "3"
+    assert rows["sample build-world --seed"] == ("5", "fast3d.toml")
+    assert "eval --max-new-tokens" not in rows
+    code, stdout, _ = fast3d(capsys, "config", "show", "--all", "--data-root", "elsewhere", "--json")
+    rows = {r["setting"]: (r["value"], r["source"]) for r in json.loads(stdout)}
+    assert rows["eval --max-new-tokens"] == ("64", "built-in default")
+    assert rows["data.root"] == ("elsewhere", "flag --data-root")
+
+
+def test_file_defaults_apply_and_flags_win(capsys, in_tmp, model_dir, data_config) -> None:
+    (in_tmp / "fast3d.toml").write_text(
+        f'[data]\nroot = "{data_config.root}"\n[model]\nmodel = "{model_dir}"\n'
+        "[defaults.eval]\nnum-beams = 1\nmax-new-tokens = 2\nlimit = 2\ntasks = \"scanqa\"\n"
+    )
+    code, stdout, stderr = fast3d(capsys, "eval", "-o", "a", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["run"]["settings"]["generation"]["num_beams"] == 1
+    assert json.loads(stdout)["samples"] == {"scanqa": 2}
+    code, stdout, _ = fast3d(capsys, "eval", "-o", "b", "--max-new-tokens", "3", "--json")
+    assert json.loads(stdout)["run"]["settings"]["generation"]["max_new_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[defaults.eval]\nbogus = 1\n", "eval has no option 'bogus'"),
+        ("[defaults.nothing]\nx = 1\n", "[defaults.nothing] is not a command table"),
+        ("[model]\nweights = 'x'\n", "unknown [model] key(s) weights"),
+        ("[extras]\n", "unknown table(s) extras"),
+        ("[data\n", "invalid TOML"),
+    ],
+)
+def test_bad_config_files_exit_2(capsys, in_tmp, text, message) -> None:
+    (in_tmp / "fast3d.toml").write_text(text)
+    code, stdout, stderr = fast3d(capsys, "config", "show")
+    assert code == 2 and message in stderr and stdout == ""
+    code, _, stderr = fast3d(capsys, "info", "--config", str(in_tmp / "missing.toml"), "x")
+    assert code == 2 and "config file not found" in stderr
+
+
+def test_no_arguments_shows_the_stages_in_pipeline_order(capsys) -> None:
+    code, stdout, _ = fast3d(capsys)
+    assert code == 0
+    names = ("demo", "extract", "train-gap", "predict", "search-alpha", "eval", "report")
+    order = [stdout.index(f"│ {name} ") for name in names]
+    assert order == sorted(order)
+
+
+def test_every_command_help_has_a_runnable_example(capsys) -> None:
+    import typer
+
+    from fast3d_cli.cli.app import app
+    from fast3d_cli.cli.config_file import commands_of, is_group
+
+    for name, command in commands_of(typer.main.get_command(app)).items():
+        if is_group(command):
+            continue
+        code, stdout, _ = fast3d(capsys, *name, "--help")
+        assert code == 0
+        assert "Example" in stdout and "fast3d " + " ".join(name) in stdout, name
