@@ -198,3 +198,28 @@ def test_maps_of_another_model_or_incomplete_are_refused(capsys, inputs, data_co
         ),
     )
     assert code == 2 and "lacks maps for" in stderr and "of the 5 samples" in stderr
+
+
+def test_fixed_count_gives_every_request_the_sap_mean(capsys, inputs, data_config, tmp_path) -> None:
+    from fast3d_cli.pruning.budgets import sap_keep_counts
+
+    out = tmp_path / "fixed"
+    args = eval_args(inputs, data_config, out, "--method", "gap+sap", "--maps", str(inputs["pred"]))
+    code, stdout, stderr = fast3d(capsys, *args, "--alpha", "0.3", "--fixed-count", "--json")
+    assert code == 0, stderr
+    pruning = json.loads(stdout)["pruning"]
+    samples = [s for t in TASKS.split(",") for s in load_samples(data_config, t, "val")[:5]]
+    maps = Pruner(settings_for("gap+sap", inputs), *_target_for(inputs), data_config).maps
+    counts = sap_keep_counts(maps.scores(samples).numpy(), 0.3)
+    assert pruning["fixed_count"] is True and pruning["keep"] == round(counts.mean())
+    assert pruning["sap_mean_kept_objects"] == pytest.approx(counts.mean(), abs=1e-3)
+    records = [json.loads(line) for line in (out / "predictions" / "scanqa.jsonl").read_text().splitlines()]
+    assert {r["kept_visual_tokens"] for r in records} == {3 * round(counts.mean())}
+    code, _, stderr = fast3d(capsys, *eval_args(inputs, data_config, out, "--method", "random", "--keep", "2",
+                                                 "--fixed-count"))  # fmt: skip
+    assert code == 2 and "--fixed-count applies to the +sap methods" in stderr
+
+
+def _target_for(inputs):
+    source = ModelSource(model_dir=inputs["model"])
+    return source.load(device="cpu", dtype="float32"), source.fingerprint()

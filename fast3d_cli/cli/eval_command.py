@@ -86,6 +86,14 @@ def eval_command(
             rich_help_panel="Pruning",
         ),
     ] = None,
+    fixed_count: Annotated[
+        bool,
+        typer.Option(
+            help="SAP: every request keeps the same object count (the SAP mean, rounded), for engines "
+            "that size visual placeholders before pruning.",
+            rich_help_panel="Pruning",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option(help="Use maps made for another model or data.", rich_help_panel="Pruning")
     ] = False,
@@ -139,7 +147,9 @@ def eval_command(
         ),
         scanqa_clean_references=scanqa_clean_refs,
         scan2cap_sos_eos=scan2cap_sos_eos,
-        pruning=pruning_settings(method, maps, gap, keep, ratio, alpha, layer, granularity, seed, force),
+        pruning=pruning_settings(
+            method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, force
+        ),
     )
     output = output or Path(f"runs/eval-{method}")
     fingerprint = source.fingerprint()
@@ -169,6 +179,7 @@ def pruning_settings(
     layer: int,
     granularity: str,
     seed: int,
+    fixed_count: bool,
     force: bool,
 ):
     from fast3d_cli.errors import UserError
@@ -184,5 +195,5 @@ def pruning_settings(
             raise UserError(f"--alpha must be a number in (0, 1] or 'auto', got {alpha!r}") from None
     return PruningSettings(
         method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
-        seed=seed, maps=maps, gap=gap, force=force,
+        seed=seed, maps=maps, gap=gap, fixed_count=fixed_count, force=force,
     )  # fmt: skip

@@ -71,6 +71,7 @@ class PruningSettings:
     seed: int = 0
     maps: Path | None = None
     gap: Path | None = None
+    fixed_count: bool = False
     force: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -121,6 +122,8 @@ def validate(settings: PruningSettings, n_layers: int) -> MethodSpec:
             raise UserError(f"--method {spec.name} needs --alpha (a number in (0, 1], or auto)")
         if settings.granularity != "object":
             raise UserError("SAP budgets are computed over objects: use --granularity object")
+    if settings.fixed_count and (spec.budget != "sap" or settings.maps is None):
+        raise UserError("--fixed-count applies to the +sap methods with --maps (budgets are set per request)")
     if spec.budget != "sap" and settings.alpha is not None:
         raise UserError(f"--alpha applies to the +sap methods, not {spec.name}")
     if spec.budget != "fixed" and (settings.keep is not None or settings.ratio is not None):

@@ -81,6 +81,7 @@ class Pruner:
         if settings.gap is not None:
             self.gap = self._load_gap(settings, model_fingerprint)
         n_objects = model.config.max_obj_num
+        self.adaptive_mean_kept: float | None = None  # --fixed-count: the SAP mean it replaces
         self.budget: Budget = resolve_budget(
             self.spec, settings, n_layers, n_objects, self.maps.alpha if self.maps else None
         )
@@ -111,6 +112,8 @@ class Pruner:
             "alpha": b.alpha,
             "n_layers": b.n_layers,
             "n_visual": b.n_visual,
+            "fixed_count": self.settings.fixed_count,
+            "sap_mean_kept_objects": self.adaptive_mean_kept,
         }
 
     def check_samples(self, samples: Sequence[Sample]) -> None:
@@ -122,6 +125,19 @@ class Pruner:
             by_group.setdefault((sample.task, sample.split), []).append(sample)
         for (task, split), rows in by_group.items():
             self.maps.check_covers(task, split, rows)
+        if self.settings.fixed_count:
+            self._fix_count(samples)
+
+    def _fix_count(self, samples: Sequence[Sample]) -> None:
+        """--fixed-count: one object count for every request, the SAP budgets' mean over the evaluated
+        samples rounded to the nearest integer (for engines that size visual placeholders up front)."""
+        from dataclasses import replace
+
+        from fast3d_cli.pruning.budgets import sap_keep_counts
+
+        counts = sap_keep_counts(self.maps.scores(samples).numpy(), self.budget.alpha)
+        self.adaptive_mean_kept = round(float(counts.mean()), 4)
+        self.budget = replace(self.budget, keep=round(float(counts.mean())), alpha=None)
 
     def plan(self, samples: Sequence[Sample], inputs: Any, bank: SceneBank) -> BatchPlan:
         """The decoder for one built batch (``inputs``: :class:`ModelInputs` of the prompts)."""
