@@ -12,6 +12,7 @@ from fast3d_cli.cli import (
     extract_command,
     gap_commands,
     info_command,
+    report_command,
     sample_commands,
     search_alpha_command,
 )
@@ -36,6 +37,7 @@ app.command("predict", rich_help_panel="Stages")(gap_commands.predict_command)
 app.command("search-alpha", rich_help_panel="Stages")(search_alpha_command.search_alpha_command)
 app.command("eval", rich_help_panel="Stages")(eval_command.eval_command)
 app.command("info", rich_help_panel="Stores")(info_command.info_command)
+app.command("report", rich_help_panel="Analysis")(report_command.report_command)
 app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world")
 
 

@@ -1,0 +1,70 @@
+"""``fast3d report RESULT... -o report/``: PNG pictures of evaluation results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit
+from fast3d_cli.errors import UserError
+
+
+def report_command(
+    results: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Output directories of fast3d eval (dense and pruned runs).", show_default=False),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG pictures.")] = Path(
+        "report"
+    ),
+    true_maps: Annotated[
+        Path | None,
+        typer.Option("--true-maps", help="Attention store (fast3d extract) for the scene top view."),
+    ] = None,
+    pred_maps: Annotated[
+        Path | None,
+        typer.Option("--pred-maps", help="Prediction store (fast3d predict) for the scene top view."),
+    ] = None,
+    sample: Annotated[
+        str | None,
+        typer.Option(
+            "--sample",
+            help="TASK:INDEX of the top view (default: the first sample of the first pruned result that "
+            "records its kept objects).",
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Annotation split of the top-view sample.")] = "val",
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Draw PNG pictures of evaluation results: score ratio vs pruning ratio, SAP budgets, a scene top view.
+
+    Example: [bold]fast3d report runs/eval-* --true-maps maps.zarr --pred-maps pred.zarr -o report/[/bold]
+    """
+    from fast3d_cli.data.tasks import parse_splits
+    from fast3d_cli.report import load_results, make_report
+
+    splits = parse_splits(split)
+    if len(splits) != 1:
+        raise UserError(f"--split takes one split, got {split!r}")
+    split_name = splits[0]
+
+    def note(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    loaded = load_results(results or [], note=note)
+    files = make_report(
+        loaded,
+        output,
+        true_maps=true_maps,
+        pred_maps=pred_maps,
+        sample=sample,
+        split=split_name,
+        data=data_config(config, data_root),
+        note=note,
+    )
+    emit(output, {"output": str(output), "files": [str(f) for f in files]}, as_json)
