@@ -92,7 +92,9 @@ def _ratio_axes(ax, points: dict[str, list[tuple[float, float, float]]], colors:
     ax.grid(True, alpha=0.3)
 
 
-def _ratio_legend(methods: Sequence[str], colors: dict[str, str], labels: dict[str, str], dense: bool):
+def _ratio_legend(
+    methods: Sequence[str], colors: dict[str, str], labels: dict[str, str], dense: bool, hollow: bool
+):
     from matplotlib.lines import Line2D
 
     handles = [
@@ -106,6 +108,8 @@ def _ratio_legend(methods: Sequence[str], colors: dict[str, str], labels: dict[s
             )
         )
     handles.append(Line2D([], [], color="0.35", linestyle="--", label="dense quality (100%)"))
+    if not hollow:  # every run prunes before layer 0: both ratios are the same
+        return handles
     handles.append(
         Line2D(
             [],
@@ -120,12 +124,18 @@ def _ratio_legend(methods: Sequence[str], colors: dict[str, str], labels: dict[s
     return handles
 
 
+def _hollow(results: Sequence[EvalResult]) -> bool:
+    """Whether some run's input-level ratio differs from its layer-averaged one (pruning after layer 0)."""
+    return any(abs(r.input_ratio - r.layer_averaged_ratio) > 1e-6 for r in results if not r.is_dense)
+
+
 def _method_groups(results: Sequence[EvalResult]) -> dict[str, list[EvalResult]]:
     groups: dict[str, list[EvalResult]] = {}
     for result in results:
         if not result.is_dense:
             groups.setdefault(result.method, []).append(result)
-    return groups
+    order = list(METHOD_COLORS)  # baselines first, then gap and gap+sap; unknown methods last
+    return dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def _method_labels(groups: dict[str, list[EvalResult]]) -> dict[str, str]:
@@ -154,7 +164,7 @@ def score_ratio_vs_pruning(results: Sequence[EvalResult], path: Path) -> Path:
     ax.set_ylabel("score ratio vs dense (%)")
     ax.set_title("Task quality against pruning (mean score ratio over tasks)")
     ax.legend(
-        handles=_ratio_legend(list(points), colors, _method_labels(groups), dense),
+        handles=_ratio_legend(list(points), colors, _method_labels(groups), dense, _hollow(results)),
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
         fontsize=9,
@@ -191,7 +201,7 @@ def score_ratio_per_task(results: Sequence[EvalResult], path: Path) -> Path:
         for m, rs in groups.items()
         if any(p.score_ratio is not None for r in rs for p in r.per_task.values())
     ]
-    handles = _ratio_legend(shown, colors, _method_labels(groups), dense)
+    handles = _ratio_legend(shown, colors, _method_labels(groups), dense, _hollow(results))
     spare = list(axes.flat)[len(tasks) :]
     for ax in spare:
         ax.axis("off")
@@ -285,7 +295,11 @@ def scene_topview(view: SceneView, path: Path) -> Path:
     pad = 0.3
     width = 5.2
     aspect = (max(ys) - min(ys) + 2 * pad) / (max(xs) - min(xs) + 2 * pad)
-    height = min(max((width - 0.7) * aspect, 2.5), 9.0) + 1.9  # room for the titles and the legend
+    sample = view.sample
+    question = textwrap.wrap(f"“{_shorten(sample.prompt)}”", width=60 * len(panels))
+    legend_rows = 1 if len(panels) > 1 else 2
+    # room for the title lines, the panel titles and the legend rows
+    height = min(max((width - 0.7) * aspect, 2.5), 9.0) + 1.3 + 0.22 * (len(question) + legend_rows)
     fig = _figure(figsize=(width * len(panels) + 1.4, height))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, share) in zip(axes, panels.items(), strict=True):
@@ -382,11 +396,16 @@ def scene_topview(view: SceneView, path: Path) -> Path:
             )
         )
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
-    sample = view.sample
-    question = "\n".join(textwrap.wrap(f"“{_shorten(sample.prompt)}”", width=60 * len(panels)))
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=len(handles) if legend_rows == 1 else 1,
+            fontsize=9,
+            frameon=False,
+        )
     fig.suptitle(
-        f"{sample.task} #{sample.index} · {sample.scene_id} · {len(view.boxes)} objects\n{question}",
+        f"{sample.task} #{sample.index} · {sample.scene_id} · {len(view.boxes)} objects\n"
+        + "\n".join(question),
         fontsize=11,
     )
     return _save(fig, path)
