@@ -223,3 +223,32 @@ def test_fixed_count_gives_every_request_the_sap_mean(capsys, inputs, data_confi
 def _target_for(inputs):
     source = ModelSource(model_dir=inputs["model"])
     return source.load(device="cpu", dtype="float32"), source.fingerprint()
+
+
+def test_skip_padding_never_keeps_padding_objects(inputs, target, data_config) -> None:
+    model, fingerprint = target
+    bank = SceneBank(data_config, "val")
+    samples = load_samples(data_config, "scanqa", "val")[:4]
+    real = [int((bank.object_features(s.scene_id)[0].abs().sum(-1) > 0).sum()) for s in samples]
+    from dataclasses import replace
+
+    for name in ("gap", "gap+sap", "random", "divprune", "fastv"):
+        settings = settings_for(name, inputs)
+        pruner = Pruner(replace(settings, skip_padding=True), model, fingerprint, data_config)
+        out = generate_answers(model, bank, samples, GenerationConfig(1, 1), pruner)
+        for objects, n_real in zip(out.kept_objects, real, strict=True):
+            assert objects and max(objects) < n_real, (name, objects, n_real)
+
+
+def test_divprune_skips_excluded_items_per_row() -> None:
+    from fast3d_cli.pruning.scorers import divprune_scores
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 8, 5, generator=gen)
+    excluded = torch.zeros(2, 8, dtype=torch.bool)
+    excluded[0, 3:] = True  # row 0 has 3 candidates only
+    scores = divprune_scores(features, 5, excluded)
+    assert torch.isfinite(scores[0]).sum() == 3 and not torch.isfinite(scores[0, 3:]).any()
+    assert torch.isfinite(scores[1]).sum() == 5
+    alone = divprune_scores(features[1:], 5, excluded[1:])
+    assert torch.equal(alone, scores[1:])

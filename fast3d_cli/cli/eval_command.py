@@ -18,6 +18,7 @@ from fast3d_cli.cli.common import (
     JsonOption,
     LoraAlphaOption,
     ModelOption,
+    TrustCheckpointOption,
     data_config,
     emit,
     model_source,
@@ -82,7 +83,7 @@ def eval_command(
     baseline: Annotated[
         Path | None,
         typer.Option(
-            help="Dense run for the score ratio (reused or computed; default runs/eval-none).",
+            help="Dense run for the score ratio (reused or computed; default: eval-none beside --output).",
             rich_help_panel="Pruning",
         ),
     ] = None,
@@ -94,6 +95,13 @@ def eval_command(
             rich_help_panel="Pruning",
         ),
     ] = False,
+    skip_padding: Annotated[
+        bool,
+        typer.Option(
+            help="Never keep padding objects (zero features) while real ones are left; official: off.",
+            rich_help_panel="Pruning",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option(help="Use maps made for another model or data.", rich_help_panel="Pruning")
     ] = False,
@@ -101,6 +109,7 @@ def eval_command(
     checkpoint: CheckpointOption = None,
     base_llm: BaseLLMOption = None,
     lora_alpha: LoraAlphaOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
     num_beams: Annotated[int, typer.Option(min=1)] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -131,12 +140,12 @@ def eval_command(
     from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
     from fast3d_cli.generation import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
+    from fast3d_cli.pruning.methods import validate
 
     task_names = parse_tasks(tasks)
     (split_name,) = parse_splits(split)
     MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)  # validates the choice before any work
     data = data_config(config, data_root)
-    source = model_source(model, checkpoint, base_llm, lora_alpha)
     settings = EvalSettings(
         tasks=tuple(task_names),
         split=split_name,
@@ -148,9 +157,11 @@ def eval_command(
         scanqa_clean_references=scanqa_clean_refs,
         scan2cap_sos_eos=scan2cap_sos_eos,
         pruning=pruning_settings(
-            method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, force
+            method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, skip_padding, force
         ),
     )
+    validate(settings.pruning, None)  # bad pruning options fail before the model is read
+    source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
     output = output or Path(f"runs/eval-{method}")
     fingerprint = source.fingerprint()
     target = source.load(device=device, dtype=dtype)
@@ -161,7 +172,7 @@ def eval_command(
             data,
             settings,
             output,
-            baseline or Path("runs/eval-none"),
+            baseline or output.parent / "eval-none",
             overwrite=overwrite,
             progress=progress.update,
         )
@@ -180,6 +191,7 @@ def pruning_settings(
     granularity: str,
     seed: int,
     fixed_count: bool,
+    skip_padding: bool,
     force: bool,
 ):
     from fast3d_cli.errors import UserError
@@ -195,5 +207,6 @@ def pruning_settings(
             raise UserError(f"--alpha must be a number in (0, 1] or 'auto', got {alpha!r}") from None
     return PruningSettings(
         method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
-        seed=seed, maps=maps, gap=gap, fixed_count=fixed_count, force=force,
+        seed=seed, maps=maps, gap=gap, fixed_count=fixed_count,
+        skip_padding=skip_padding, force=force,
     )  # fmt: skip

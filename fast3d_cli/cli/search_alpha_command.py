@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import JsonOption, emit
+from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit
 from fast3d_cli.errors import UserError
 
 
@@ -38,6 +38,12 @@ def search_alpha_command(
             "--weighting", help="task: unweighted mean over tasks (official); sample: pooled over samples."
         ),
     ] = "task",
+    skip_padding: Annotated[
+        bool,
+        typer.Option(help="Give padding objects (zero features) no mass, as eval --skip-padding does."),
+    ] = False,
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find the SAP alpha whose pruning ratio is closest to --target and record it in the store.
@@ -57,7 +63,10 @@ def search_alpha_command(
             raise UserError("no store path on stdin (STORE is '-')")
         store = Path(line)
     names = None if tasks is None or tasks.strip() in ("", "all") else parse_tasks(tasks)
-    result = search_alpha(store, target, tolerance=tolerance, tasks=names, split=split, weighting=weighting)
+    padding = data_config(config, data_root) if skip_padding else None
+    result = search_alpha(
+        store, target, tolerance, tasks=names, split=split, weighting=weighting, skip_padding=padding
+    )
 
     console = Console(stderr=True)
     table = Table(title=f"SAP on {escape(str(store))} ({result.kind}, {result.split}, M={result.n_objects})")

@@ -74,6 +74,7 @@ class AlphaSearch:
     neighbours: dict[str, Neighbour | None] = field(default_factory=dict)
     iterations: int = 0
     evaluations: int = 0
+    skip_padding: bool = False
     recorded: bool = False
     record_error: str | None = None
 
@@ -131,17 +132,37 @@ def _load_scores(store: Any, tasks: Sequence[str] | None, split: str) -> dict[st
         values = np.asarray(group.read(SCORES), dtype=np.float32)
         if values.ndim != 2 or values.shape[1] == 0:
             raise UserError(f"{store.path}: {group.path}/{SCORES} has shape {values.shape}, expected [n, M]")
-        nan_rows = np.isnan(values).any(axis=1)
-        if nan_rows.any():
-            first = np.flatnonzero(nan_rows)[:5].tolist()
-            raise UserError(
-                f"{store.path}: {group.path}: {int(nan_rows.sum())} samples have NaN scores (rows {first}...)"
-            )
+        bad_rows = ~np.isfinite(values).all(axis=1)
+        if bad_rows.any():
+            first = np.flatnonzero(bad_rows)[:5].tolist()
+            nan, inf = bool(np.isnan(values).any()), bool(np.isinf(values).any())
+            what = "NaN or infinite" if nan and inf else ("NaN" if nan else "infinite")
+            count = int(bad_rows.sum())
+            raise UserError(f"{store.path}: {group.path}: {count} samples have {what} scores (rows {first})")
         scores[group.task] = torch.from_numpy(values)
     widths = {t: int(s.shape[1]) for t, s in scores.items()}
     if len(set(widths.values())) > 1:
         raise UserError(f"{store.path}: tasks have different object counts: {widths}")
     return scores
+
+
+def exclude_padding(scores: dict[str, Any], data: Any, split: str) -> dict[str, Any]:
+    """Scores with padding objects (all-zero features in ``data``) at -inf, as ``eval --skip-padding`` ranks
+    them: no SAP mass. Rows are the first n annotation samples (stores are written in annotation order)."""
+    import torch
+
+    from fast3d_cli.data import SceneBank, load_samples
+
+    bank = SceneBank(data, split)
+    out = {}
+    for task, values in scores.items():
+        samples = load_samples(data, task, split)[: values.shape[0]]
+        padded = []
+        for sample in samples:
+            f3d, f2d = bank.object_features(sample.scene_id)
+            padded.append((f3d.abs().sum(-1) == 0) & (f2d.abs().sum(-1) == 0))
+        out[task] = values.masked_fill(torch.stack(padded)[:, : values.shape[1]], float("-inf"))
+    return out
 
 
 def _short_decimals(value: float, digits: int) -> list[float]:
@@ -233,6 +254,7 @@ def search_alpha(
     split: str = "val",
     weighting: str = "task",
     record: bool = True,
+    skip_padding: Any = None,
 ) -> AlphaSearch:
     """Find the SAP alpha whose pruning ratio on ``split`` is closest to ``target`` percent.
 
@@ -244,6 +266,8 @@ def search_alpha(
     target, tolerance = float(target), float(tolerance)
     store = _open(store_path_or_store)
     scores = _load_scores(store, tasks, split)
+    if skip_padding is not None:
+        scores = exclude_padding(scores, skip_padding, split)
     f = _Evaluator(scores, weighting)
     m = f.n_objects
 
@@ -316,6 +340,7 @@ def search_alpha(
         evaluations=f.evaluations,
     )
     result.reference_alpha = {t: r.reference_alpha for t, r in result.per_task.items()}
+    result.skip_padding = skip_padding is not None
     if record:
         _record(store, result)
     return result
@@ -327,9 +352,10 @@ def _record(store: Any, result: AlphaSearch) -> None:
 
     payload = {k: v for k, v in result.to_dict().items() if k not in ("store", "recorded", "record_error")}
     payload["version"] = __version__
+    key = "sap_skip_padding" if result.skip_padding else "sap"
     try:
         writable = _open(store, read_only=False)
-        writable.update_attrs(sap=payload)
+        writable.update_attrs(**{key: payload})
     except (OSError, UserError) as err:
         result.record_error = f"could not record alpha in {store.path}: {err}"
         return

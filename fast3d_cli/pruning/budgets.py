@@ -28,7 +28,12 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def check_layer(layer: int, n_layers: int) -> int:
+def check_layer(layer: int, n_layers: int | None) -> int:
+    """``layer`` in [0, n_layers) (only >= 0 while ``n_layers`` is unknown, None)."""
+    if n_layers is None:
+        if int(layer) < 0:
+            raise UserError(f"--layer must be >= 0, got {layer}")
+        return int(layer)
     if not (0 <= int(layer) < n_layers):
         raise UserError(
             f"--layer must be in [0, {n_layers - 1}] for this {n_layers}-layer model, got {layer}"

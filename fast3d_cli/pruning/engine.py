@@ -36,6 +36,8 @@ class PruningPlan:
     ``None`` for FastV (scores taken from layer ``K-1`` attention during prefill). Exactly one of ``keep``
     ([B] groups to keep) or ``alpha`` ([B] SAP mass threshold) is set. ``visual_start`` [B]: first visual
     token of each row in the left-padded prompt; ``n_groups * group`` visual tokens follow it.
+    ``excluded`` [B, M] bool: groups ranked last whatever their score (and given no SAP mass), e.g. the
+    zero-feature padding objects.
     """
 
     layer: int
@@ -45,6 +47,7 @@ class PruningPlan:
     scores: Tensor | None = None
     keep: Tensor | None = None
     alpha: Tensor | None = None
+    excluded: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.keep is None) == (self.alpha is None):
@@ -196,6 +199,9 @@ class PrunedDecoder:
             hidden, attention = self._run_full_stage(hidden, positions, full_valid, visual_start, cache)
             if scores is None:
                 scores = group_scores_from_attention(attention, plan.group)
+        scores = scores.to(runner.device).float()
+        if plan.excluded is not None:
+            scores = scores.masked_fill(plan.excluded.to(runner.device), float("-inf"))
         budget = (
             {"k": plan.keep.to(runner.device)}
             if plan.keep is not None
@@ -204,7 +210,7 @@ class PrunedDecoder:
         gathered = select_gather(
             hidden,
             positions,
-            scores.to(runner.device),
+            scores,
             group=plan.group,
             span_start=visual_start,
             valid_start=(mask.shape[1] - mask.sum(-1)),

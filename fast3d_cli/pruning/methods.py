@@ -72,6 +72,7 @@ class PruningSettings:
     maps: Path | None = None
     gap: Path | None = None
     fixed_count: bool = False
+    skip_padding: bool = False
     force: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -99,8 +100,9 @@ class Budget:
         return self.group * self.n_groups
 
 
-def validate(settings: PruningSettings, n_layers: int) -> MethodSpec:
-    """Check the options that do not need any file (exit 2 on a bad value)."""
+def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
+    """Check the options that do not need any file (exit 2 on a bad value). ``n_layers`` None (the model is
+    not loaded yet): every check but the upper bound of ``--layer``."""
     spec = get_method(settings.method)
     if settings.granularity not in GRANULARITIES:
         raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
@@ -163,9 +165,10 @@ def resolve_budget(
         alpha = settings.alpha
         if alpha == "auto":
             if store_alpha is None:
+                padding = " --skip-padding" if settings.skip_padding else ""
                 raise UserError(
-                    "--alpha auto needs a maps store on which `fast3d search-alpha` was run; run it or give "
-                    "--alpha"
+                    f"--alpha auto needs a maps store on which `fast3d search-alpha{padding}` was run; "
+                    "run it or give --alpha"
                 )
             alpha = store_alpha
         return Budget(settings.layer, group, n_groups, n_layers, alpha=check_alpha(float(alpha)))

@@ -81,10 +81,11 @@ class Pruner:
         if settings.gap is not None:
             self.gap = self._load_gap(settings, model_fingerprint)
         n_objects = model.config.max_obj_num
+        if self.maps is not None:
+            self.maps.check_objects(n_objects)
         self.adaptive_mean_kept: float | None = None  # --fixed-count: the SAP mean it replaces
-        self.budget: Budget = resolve_budget(
-            self.spec, settings, n_layers, n_objects, self.maps.alpha if self.maps else None
-        )
+        store_alpha = self.maps.alpha(settings.skip_padding) if self.maps else None
+        self.budget: Budget = resolve_budget(self.spec, settings, n_layers, n_objects, store_alpha)
 
     def _load_gap(self, settings: PruningSettings, model_fingerprint: str) -> tuple[Any, Any]:
         from fast3d_cli.gap.predict import training_provenance
@@ -148,7 +149,8 @@ class Pruner:
         if self.is_dense:
             return BatchPlan(HFCausalLMDecoder(self.model.llm), n_visual, len(samples))
         b = self.budget
-        scores = self._scores(samples, inputs, bank)
+        excluded = self._padding(samples, bank) if self.settings.skip_padding else None
+        scores = self._scores(samples, inputs, bank, excluded)
         rows = len(samples)
         plan = PruningPlan(
             layer=b.layer,
@@ -158,10 +160,22 @@ class Pruner:
             scores=scores,
             keep=None if b.keep is None else torch.full((rows,), b.keep, dtype=torch.long),
             alpha=None if b.alpha is None else torch.full((rows,), b.alpha, dtype=torch.float32),
+            excluded=excluded,
         )
         return BatchPlan(PrunedDecoder(self.model.llm, plan), n_visual, rows)
 
-    def _scores(self, samples: Sequence[Sample], inputs: Any, bank: SceneBank) -> Tensor | None:
+    def _padding(self, samples: Sequence[Sample], bank: SceneBank) -> Tensor:
+        """[B, M] True for the groups of padding objects (all-zero 3D and 2D features, spec §2.5)."""
+        rows = []
+        for sample in samples:
+            f3d, f2d = bank.object_features(sample.scene_id)
+            rows.append((f3d.abs().sum(-1) == 0) & (f2d.abs().sum(-1) == 0))
+        objects = torch.stack(rows)
+        return to_granularity(objects.float(), TOKENS_PER_OBJECT, self.budget.group).bool()
+
+    def _scores(
+        self, samples: Sequence[Sample], inputs: Any, bank: SceneBank, excluded: Tensor | None
+    ) -> Tensor | None:
         b, scorer = self.budget, self.spec.scorer
         if scorer == "fastv":
             return None
@@ -169,7 +183,7 @@ class Pruner:
             return random_scores(samples, b.n_groups, self.settings.seed)
         if scorer == "divprune":
             features = divprune_features(visual_embeddings(inputs, b.n_visual), TOKENS_PER_OBJECT, b.group)
-            return divprune_scores(features, b.keep)
+            return divprune_scores(features, b.keep, excluded)
         if scorer == "maps":
             objects = self.maps.scores(samples) if self.maps is not None else self._gap_scores(samples, bank)
             return to_granularity(objects, TOKENS_PER_OBJECT, b.group)

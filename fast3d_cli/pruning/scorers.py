@@ -42,13 +42,14 @@ def random_scores(samples: Sequence[Sample], n_items: int, seed: int) -> Tensor:
     return torch.stack(rows)
 
 
-def divprune_scores(features: Tensor, steps: int) -> Tensor:
+def divprune_scores(features: Tensor, steps: int, excluded: Tensor | None = None) -> Tensor:
     """DivPrune (max-min diversity) as a ranking: the first ``steps`` greedy picks get scores
     ``steps, steps-1, ..., 1`` (the rest ``-inf``), so the top-k of the scores is the greedy k-subset.
 
     ``features`` [B, N, F]. Distance = 1 - cosine similarity. The first pick is the item whose nearest
     neighbour is farthest (as the official DivPrune); each next pick maximises its minimum distance to the
-    picked set. Batched over rows and items; the only loop is over the ``steps`` picks.
+    picked set. ``excluded`` [B, N] items are never picked. Batched over rows and items; the only loop is
+    over the ``steps`` picks.
     """
     batch, n_items = features.shape[:2]
     steps = min(steps, n_items)
@@ -59,16 +60,25 @@ def divprune_scores(features: Tensor, steps: int) -> Tensor:
     if steps == 0:
         return scores
     eye = torch.eye(n_items, dtype=torch.bool, device=features.device)
-    nearest = distance.masked_fill(eye, float("inf")).min(dim=2).values if n_items > 1 else distance[:, 0]
-    pick = nearest.argmax(dim=1)
+    blocked = torch.zeros(batch, n_items, dtype=torch.bool, device=features.device)
+    if excluded is not None:
+        blocked = excluded.to(features.device).bool()
+    others = eye[None] | blocked[:, None, :]
+    nearest = distance.masked_fill(others, float("inf")).min(dim=2).values
+    nearest = torch.where(torch.isinf(nearest), 0.0, nearest)  # a lone candidate: no neighbour
+    pick = nearest.masked_fill(blocked, float("-inf")).argmax(dim=1)
     min_distance = distance[rows, pick]
-    picked = torch.zeros(batch, n_items, dtype=torch.bool, device=features.device)
+    picked = blocked.clone()
     for step in range(steps):
         if step:
             pick = min_distance.masked_fill(picked, float("-inf")).argmax(dim=1)
-            min_distance = torch.minimum(min_distance, distance[rows, pick])
-        picked[rows, pick] = True
-        scores[rows, pick] = float(steps - step)
+        live = ~picked[rows, pick]  # False once a row has no candidate left
+        if not bool(live.any()):
+            break
+        r, p = rows[live], pick[live]
+        min_distance[r] = torch.minimum(min_distance[r], distance[r, p])
+        picked[r, p] = True
+        scores[r, p] = float(steps - step)
     return scores
 
 
@@ -105,9 +115,9 @@ class StoreMaps:
                 )
         self._rows: dict[tuple[str, str], dict[int, np.ndarray]] = {}
 
-    @property
-    def alpha(self) -> float | None:
-        sap = self.store.attrs.get("sap") or {}
+    def alpha(self, skip_padding: bool = False) -> float | None:
+        """The alpha ``search-alpha`` recorded (searched with the same padding rule), if any."""
+        sap = self.store.attrs.get("sap_skip_padding" if skip_padding else "sap") or {}
         return sap.get("alpha")
 
     def rows(self, task: str, split: str) -> dict[int, np.ndarray]:
@@ -125,6 +135,21 @@ class StoreMaps:
             raise UserError(
                 f"{self.store.path}: {task}/{split} lacks maps for {len(missing)} of the {len(samples)} "
                 f"samples to evaluate (first missing index {missing[0]}); finish the store or use --limit"
+            )
+        bad = [s.index for s in samples if not np.isfinite(have[s.index]).all()]
+        if bad:
+            raise UserError(
+                f"{self.store.path}: {task}/{split} has NaN or infinite object_scores for {len(bad)} of the "
+                f"samples to evaluate (first: index {bad[0]}); recompute the store"
+            )
+
+    def check_objects(self, n_objects: int) -> None:
+        """Refuse maps over another object count than the model's (they cannot rank its visual tokens)."""
+        have = int(self.store.attrs["n_objects"])
+        if have != n_objects:
+            raise UserError(
+                f"{self.store.path} holds maps over {have} objects but the model reads {n_objects} objects "
+                "per scene"
             )
 
     def scores(self, samples: Sequence[Sample]) -> Tensor:
