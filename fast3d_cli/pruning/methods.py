@@ -78,6 +78,9 @@ class PruningSettings:
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("force")
+        for flag in ("fixed_count", "skip_padding"):  # recorded only when on: earlier runs stay resumable
+            if not data[flag]:
+                data.pop(flag)
         data["maps"] = None if self.maps is None else str(self.maps)
         data["gap"] = None if self.gap is None else str(self.gap)
         return data

@@ -1,0 +1,133 @@
+"""The paper-style pruning table on the sample world (issue 5): every method against the dense sample model.
+
+    fast3d extract --tasks all --split train,val -o runs/sample/maps.zarr
+    fast3d train-gap runs/sample/maps.zarr -o runs/sample/gap
+    fast3d predict runs/sample/gap --split val -o runs/sample/pred.zarr
+    fast3d search-alpha runs/sample/pred.zarr --target 90
+    python benchmarks/sample_pruning.py runs/sample
+
+The sample model has 4 layers, not 32, so the paper's (K, R) pairs (§5.7: (2, 15), (6, 60), (16, 90) for
+90/65/35%) are scaled: K = round(K_paper * 4 / 32) = 0, 1, 2, and the kept count is the one giving the same
+layer-averaged ratio at that K (10, 13 and 30 objects). FastV cannot prune before layer 1 (it needs a
+layer's attention), and at K = 1 a 4-layer model removes at most 75% layer-averaged, so FastV's "90%" row
+keeps 10 objects from layer 1 (input-level 90%, layer-averaged 67.5%); GAP is also run at that setting for
+a like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_result
+
+TASKS = ("scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d")
+
+
+def rows(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    pred, maps = run_dir / "pred.zarr", run_dir / "maps.zarr"
+    return [
+        ("dense", {"method": "none"}),
+        ("FastV 35% (K=2, 30 obj)", {"method": "fastv", "layer": 2, "ratio": 35.0}),
+        ("FastV 65% (K=1, 13 obj)", {"method": "fastv", "layer": 1, "ratio": 65.0}),
+        ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
+        ("GAP 35% (K=2, 30 obj)", {"method": "gap", "layer": 2, "ratio": 35.0, "maps": pred}),
+        ("GAP 65% (K=1, 13 obj)", {"method": "gap", "layer": 1, "ratio": 65.0, "maps": pred}),
+        ("GAP '90%' (K=1, 10 obj)", {"method": "gap", "layer": 1, "keep": 10, "maps": pred}),
+        ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "ratio": 90.0, "maps": pred}),
+        ("GAP+SAP ~90% (K=0, alpha auto)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
+        ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
+        ("DivPrune 90% (K=0, 10 obj)", {"method": "divprune", "ratio": 90.0}),
+        ("Oracle 90% (K=0, 10 obj)", {"method": "oracle", "ratio": 90.0, "maps": maps}),
+        *[(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in SKIP_PADDING_ROWS(
+            pred, maps
+        )],
+    ]
+
+
+def SKIP_PADDING_ROWS(pred: Path, maps: Path) -> list[tuple[str, dict[str, Any]]]:  # noqa: N802
+    """The 90% rows again with padding objects (zero features) never kept (``--skip-padding``)."""
+    return [
+        ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
+        ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "ratio": 90.0, "maps": pred}),
+        ("GAP+SAP ~90% (K=0, alpha auto)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
+        ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
+        ("DivPrune 90% (K=0, 10 obj)", {"method": "divprune", "ratio": 90.0}),
+        ("Oracle 90% (K=0, 10 obj)", {"method": "oracle", "ratio": 90.0, "maps": maps}),
+    ]
+
+
+def slug(options: dict[str, Any]) -> str:
+    """A folder name for one row, from its method and budget."""
+    parts = [options["method"], f"k{options.get('layer', 0)}"]
+    parts += [f"{key}{options[key]}" for key in ("keep", "ratio", "alpha") if key in options]
+    parts += ["skip-padding"] if options.get("skip_padding") else []
+    return "-".join(str(p) for p in parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="folder with maps.zarr and pred.zarr (alpha searched)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--name", default="sample_pruning")
+    args = parser.parse_args()
+
+    from fast3d_cli.cli.common import default_model_dir
+    from fast3d_cli.data.config import DataConfig
+    from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
+    from fast3d_cli.models.loading import ModelSource
+    from fast3d_cli.pruning.methods import PruningSettings
+
+    source = ModelSource(model_dir=default_model_dir())
+    model = source.load(device=args.device, dtype="float32")
+    fingerprint = source.fingerprint()
+    data = DataConfig()
+    base = EvalSettings(tasks=TASKS, batch_size=args.batch_size)
+    table = []
+    for label, options in rows(args.run_dir):
+        out = args.run_dir / "eval" / ("dense" if options["method"] == "none" else slug(options))
+        settings = replace(base, pruning=PruningSettings(**options))
+        result = run_pruned_eval(model, fingerprint, data, settings, out, args.run_dir / "eval" / "dense")
+        pruning = result["pruning"]
+        table.append(
+            {
+                "row": label,
+                "options": {k: str(v) for k, v in options.items()},
+                "headline": result["headline"],
+                "score_ratio": (result.get("score_ratio") or {}).get("value", 100.0),
+                "input_ratio": pruning["input_ratio"],
+                "layer_averaged_ratio": pruning["layer_averaged_ratio"],
+                "mean_kept_objects": round(pruning["mean_kept_tokens"] / 3, 2),
+                "alpha": pruning["alpha"],
+                "flops_ratio": pruning["flops_ratio"],
+                "samples_per_s": result["speed"]["samples_per_s"],
+            }
+        )
+        print(f"{label}: score ratio {table[-1]['score_ratio']}", file=sys.stderr)
+    path = write_result(args.name, {"benchmark": "sample_pruning", "environment": environment(args.device),
+                                    "tasks": TASKS, "rows": table})
+    print(markdown(table))
+    print(path, file=sys.stderr)
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    head = "| method | ScanRefer Acc@0.5 | M3DRef F1@0.5 | Scan2Cap B-4@0.5 | ScanQA B-4 | SQA3D EM-R | "
+    head += "score ratio | pruned (layer-avg / input) | kept obj |"
+    lines = [head, "|" + "---|" * 9]
+    for row in table:
+        h = row["headline"]
+        scores = " | ".join(f"{100 * h.get(t, float('nan')):.2f}" for t in TASKS)
+        lines.append(
+            f"| {row['row']} | {scores} | {row['score_ratio']:.2f} | "
+            f"{row['layer_averaged_ratio']:.1f}% / {row['input_ratio']:.1f}% | {row['mean_kept_objects']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
