@@ -121,11 +121,9 @@ def register_capture_attention() -> None:
 
 
 def capture_implementation(model: nn.Module) -> str:
-    """flash-attn when installed and the model is on CUDA, SDPA otherwise."""
-    from transformers.utils import is_flash_attn_2_available
-
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    return CAPTURE_FLASH if on_cuda and is_flash_attn_2_available() else CAPTURE_SDPA
+    """The capturing twin of the model's own kernel: flash-attn when the model runs flash-attn (models load
+    with it on CUDA when it is installed), SDPA otherwise."""
+    return CAPTURE_FLASH if "flash" in str(model.config._attn_implementation) else CAPTURE_SDPA
 
 
 @contextmanager

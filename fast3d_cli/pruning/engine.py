@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fast3d_cli.generation.decoder import DecodeState, check_left_padded, position_ids_from_mask, select_state
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 @dataclass
@@ -86,13 +86,22 @@ def attention_mask_4d(allowed: Tensor, implementation: str, dtype: torch.dtype) 
     return allowed
 
 
-def prefill_allowed(key_valid: Tensor) -> Tensor:
-    """Causal (sequence order) + key padding, [B, 1, T, T]. Padding rows attend to themselves so that their
-    (unused) outputs stay finite."""
-    length = key_valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=key_valid.device).tril()
-    eye = torch.eye(length, dtype=torch.bool, device=key_valid.device)
-    return (causal & key_valid[:, None, None, :]) | eye
+def layer_mask(key_valid: Tensor, query_length: int, implementation: str, dtype: torch.dtype) -> Tensor:
+    """The mask one stage's layers get for ``query_length`` new tokens over ``key_valid`` [B, KV] keys.
+
+    flash-attn takes the 2D key-padding mask (it applies causality itself, bottom-right aligned); sdpa and
+    eager get [B, 1, Q, KV]: causal in sequence order (kept tokens stay in original order) and key padding.
+    Padding queries attend to themselves so that their (unused) outputs stay finite.
+    """
+    if implementation == "flash":
+        return key_valid.long()
+    n_keys = key_valid.shape[1]
+    keys = torch.arange(n_keys, device=key_valid.device)
+    queries = keys[n_keys - query_length :]
+    causal = keys[None, :] <= queries[:, None]
+    itself = keys[None, :] == queries[:, None]
+    allowed = (causal[None, None] & key_valid[:, None, None, :]) | itself[None, None]
+    return attention_mask_4d(allowed, implementation, dtype)
 
 
 @dataclass
@@ -114,16 +123,18 @@ class _LayerRunner:
         self.llm = llm
         self.backbone = _backbone(llm)
         implementation = llm.config._attn_implementation
-        if implementation not in SUPPORTED_ATTENTION and not implementation.startswith("fast3d_capture_sdpa"):
+        if implementation not in SUPPORTED_ATTENTION and not implementation.startswith("fast3d_capture"):
             raise ValueError(
-                f"pruned inference needs sdpa or eager attention, the model uses {implementation!r}"
+                f"pruned inference needs sdpa, eager or flash_attention_2, the model uses {implementation!r}"
             )
         self.n_layers = len(self.backbone.layers)
 
     @property
     def implementation(self) -> str:
         impl = self.llm.config._attn_implementation
-        return "eager" if impl == "eager" else "sdpa"
+        if impl == "eager":
+            return "eager"
+        return "flash" if "flash" in impl else "sdpa"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -133,8 +144,10 @@ class _LayerRunner:
     def device(self) -> torch.device:
         return self.backbone.embed_tokens.weight.device
 
-    def run(self, stage: Stage, hidden: Tensor, positions: Tensor, allowed: Tensor, cache) -> Tensor:
-        mask = attention_mask_4d(allowed, self.implementation, hidden.dtype)
+    def run(self, stage: Stage, hidden: Tensor, positions: Tensor, key_valid: Tensor, cache) -> Tensor:
+        """Layers of ``stage`` on ``hidden`` (the new tokens); ``key_valid`` [B, KV] covers the cached and the
+        new keys of this stage."""
+        mask = layer_mask(key_valid, hidden.shape[1], self.implementation, hidden.dtype)
         rotary = self.backbone.rotary_emb(hidden, position_ids=positions)
         for layer in self.backbone.layers[stage.start : stage.stop]:
             hidden = layer(
@@ -160,7 +173,7 @@ class _LayerRunner:
             valid = extras[stage.key]
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)
             extras[stage.key] = valid
-            hidden = self.run(stage, hidden, positions, valid[:, None, None, :], state.cache)
+            hidden = self.run(stage, hidden, positions, valid, state.cache)
         new_state = replace(state, next_position=state.next_position + 1, extras=extras)
         return self.logits(hidden[:, -1]), new_state
 
@@ -221,7 +234,7 @@ class PrunedDecoder:
         hidden = gathered.values[:, width - length :]
         positions = gathered.positions[:, width - length :]
         pruned_valid = gathered.index[:, width - length :] >= 0
-        hidden = runner.run(self.stages[1], hidden, positions, prefill_allowed(pruned_valid), cache)
+        hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
         self.report = self._report(gathered.index, gathered.kept_groups, visual_start)
         state = DecodeState(
             cache=cache,
@@ -237,12 +250,12 @@ class PrunedDecoder:
         """Layers [0, K) on the whole prompt; with FastV also the last prompt token's head-mean attention
         over the visual tokens at layer K-1, recomputed for that one row (no eager attention)."""
         if self.plan.scores is not None:
-            return self.runner.run(self.stages[0], hidden, positions, prefill_allowed(valid), cache), None
+            return self.runner.run(self.stages[0], hidden, positions, valid, cache), None
         from fast3d_cli.attention.capture import AttentionCapture, capturing
 
         capture = AttentionCapture(hidden.shape[1] - 1, visual_start, self.plan.n_visual)
         with capturing(self.runner.llm, capture):
-            hidden = self.runner.run(self.stages[0], hidden, positions, prefill_allowed(valid), cache)
+            hidden = self.runner.run(self.stages[0], hidden, positions, valid, cache)
         return hidden, capture.layers[self.plan.layer - 1][:, 0].float()
 
     def _report(self, index: Tensor, kept_groups: Tensor, visual_start: Tensor) -> PrefillReport:
@@ -291,8 +304,8 @@ class MaskedDecoder:
             1, columns, full_valid.gather(1, columns) & self.keep_visual.to(runner.device)
         )
         cache = DynamicCache(config=runner.llm.config)
-        hidden = runner.run(self.stages[0], hidden, positions, prefill_allowed(full_valid), cache)
-        hidden = runner.run(self.stages[1], hidden, positions, prefill_allowed(pruned_valid), cache)
+        hidden = runner.run(self.stages[0], hidden, positions, full_valid, cache)
+        hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
         state = DecodeState(
             cache=cache,
             attention_mask=mask,
