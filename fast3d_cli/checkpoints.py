@@ -1,10 +1,14 @@
 """Safe ``torch.load`` for third-party checkpoints.
 
 Checkpoints are first read with ``weights_only=True``. Research checkpoints often also pickle a training
-config object (Chat-Scene saves its whole ``config``, an EasyDict-like class), which ``weights_only`` refuses.
-For those we unpickle with a restricted unpickler: the globals torch itself allows under ``weights_only`` are
-resolved, every other class becomes an inert placeholder that only records the state it was given, and no
-pickled callable ever runs.
+config object (Chat-Scene saves its whole ``config``, an ``EasyDict``), which ``weights_only`` refuses. For
+those we unpickle with a restricted unpickler: the globals torch itself allows under ``weights_only`` are
+resolved, and every other class becomes an inert placeholder that only records the state it was given. A
+placeholder may be *created* the way pickle restores a plain object (``NEWOBJ`` + ``BUILD``: how a config
+object is pickled), but never *called* (``REDUCE``: how a pickle runs code, e.g. ``os.system``); a pickle
+that calls anything beyond torch's allow-list is refused with :class:`CheckpointError` naming the global and
+``--trust-checkpoint``. With ``trust=True`` (``--trust-checkpoint``) the file is loaded with
+``weights_only=False``: full pickle, which runs whatever code the file holds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fast3d_cli.errors import CheckpointError
+
+TRUST_HINT = (
+    "pass --trust-checkpoint to load it with full pickle (weights_only=False), which runs any code the file "
+    "holds: only for a checkpoint from a source you trust"
+)
 
 
 class InertObject(dict):
@@ -29,6 +38,21 @@ class InertObject(dict):
         self.state = state
 
 
+class UntrustedCall(Exception):
+    """The pickle calls a global outside torch's ``weights_only`` allow-list."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _InertType(type):
+    """Metaclass of the placeholders: ``cls.__new__`` (pickle's NEWOBJ) works, calling the class does not."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise UntrustedCall(f"{cls.__module__.removeprefix('inert.')}.{cls.__qualname__}")
+
+
 def _torch_allowed_globals() -> dict[str, Any]:
     from torch import _weights_only_unpickler
 
@@ -40,7 +64,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         allowed = _torch_allowed_globals().get(f"{module}.{name}")
         if allowed is not None:
             return allowed
-        return type(name, (InertObject,), {"__module__": f"inert.{module}", "__qualname__": name})
+        return _InertType(name, (InertObject,), {"__module__": f"inert.{module}", "__qualname__": name})
 
 
 _restricted_pickle = types.ModuleType("fast3d_restricted_pickle")
@@ -49,20 +73,40 @@ _restricted_pickle.load = pickle.load  # type: ignore[attr-defined]
 _restricted_pickle.__dict__["Pickler"] = pickle.Pickler
 
 
-def load_checkpoint(path: Path) -> Any:
-    """Load ``path`` without executing pickled code; foreign classes come back as :class:`InertObject`."""
+def _first_line(err: BaseException) -> str:
+    """The first sentence of ``err``'s message (torch's load errors run to several sentences)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
+def load_checkpoint(path: Path, trust: bool = False) -> Any:
+    """Load ``path`` without executing pickled code; foreign classes come back as :class:`InertObject`.
+
+    A pickle that would call a global outside torch's allow-list raises :class:`CheckpointError` (naming
+    ``--trust-checkpoint``). ``trust=True`` loads with ``weights_only=False``: the file's code runs.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # whatever the trusted pickle raises, the user sees one line
+            raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    except UntrustedCall as err:
+        raise CheckpointError(
+            f"{path} is not a plain checkpoint: loading it calls {err.name}, which could run arbitrary code; "
+            f"{TRUST_HINT}"
+        ) from None
     except Exception as err:  # any failure of an untrusted file is a user-facing error, not a traceback
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None

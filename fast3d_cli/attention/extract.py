@@ -18,6 +18,7 @@ import numpy as np
 
 from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
+from fast3d_cli.data.formats import require_file
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.stores import MapStore, StoreError, create_store, fill_missing_chunks, open_store
@@ -75,8 +76,7 @@ def data_fingerprints(
     features = [data.path(data.feats_3d), data.path(data.feats_2d)]
     annotations = {f"{t}/{s}": data.annotation_path(t, s) for t in tasks for s in splits}
     for path in [*features, *annotations.values()]:
-        if not path.is_file():
-            raise UserError(f"data file not found: {path}")
+        require_file(path)
     return files_fingerprint(features), {k: files_fingerprint([p]) for k, p in annotations.items()}
 
 
@@ -97,7 +97,12 @@ def prepare_store(
         raise StoreError(f"{path} exists and is not a fast3d store; choose another output path")
     if path.exists():
         store = open_store(path, read_only=False)
-        changed = _differences(store.attrs, root_attrs, ("kind", "model", "data", "aggregation"))
+        if store.kind != root_attrs["kind"]:  # never replaced, even with --overwrite: another stage's output
+            raise StoreError(
+                f"{path} is a store of {store.kind!r} maps; this stage writes {root_attrs['kind']!r} maps: "
+                "choose another output path"
+            )
+        changed = _differences(store.attrs, root_attrs, ("model", "data", "aggregation"))
         if changed and not overwrite:
             raise StoreError(
                 f"{path} was made with another {', '.join(changed)}; use --overwrite to replace it or choose "

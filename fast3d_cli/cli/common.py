@@ -29,6 +29,16 @@ CheckpointOption = Annotated[
     Path | None, typer.Option("--checkpoint", help="Official Chat-Scene .pth checkpoint.")
 ]
 BaseLLMOption = Annotated[Path | None, typer.Option("--base-llm", help="Base LLM folder for --checkpoint.")]
+TrustCheckpointOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Load a .pth/.pt checkpoint with full pickle (weights_only=False). RISK: unpickling runs any "
+        "code the file holds; use only for checkpoints from a source you trust. Without it, checkpoints load "
+        "with weights_only=True plus inert placeholders for pickled config objects, and a file that would "
+        "call other code is refused.",
+    ),
+]
 LoraAlphaOption = Annotated[
     float | None, typer.Option("--lora-alpha", help="LoRA alpha of --checkpoint (default: r).")
 ]
@@ -49,7 +59,11 @@ def default_model_dir() -> Path:
 
 
 def model_source(
-    model: Path | None, checkpoint: Path | None, base_llm: Path | None, lora_alpha: float | None
+    model: Path | None,
+    checkpoint: Path | None,
+    base_llm: Path | None,
+    lora_alpha: float | None,
+    trust_checkpoint: bool = False,
 ):
     from fast3d_cli.models.loading import ModelSource
 
@@ -58,6 +72,7 @@ def model_source(
         checkpoint=checkpoint,
         base_llm=base_llm,
         lora_alpha=lora_alpha,
+        trust_checkpoint=trust_checkpoint,
     )
 
 

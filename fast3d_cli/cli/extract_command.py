@@ -17,6 +17,7 @@ from fast3d_cli.cli.common import (
     JsonOption,
     LoraAlphaOption,
     ModelOption,
+    TrustCheckpointOption,
     command_line,
     data_config,
     emit,
@@ -44,6 +45,7 @@ def extract_command(
     checkpoint: CheckpointOption = None,
     base_llm: BaseLLMOption = None,
     lora_alpha: LoraAlphaOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     config: ConfigOption = None,
@@ -70,7 +72,7 @@ def extract_command(
         limit=limit,
     )
     data = data_config(config, data_root)
-    source = model_source(model, checkpoint, base_llm, lora_alpha)
+    source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
     fingerprint = source.fingerprint()
     with distributed_context(device) as dist:
         target = source.load(device=dist.device, dtype=dtype)

@@ -12,6 +12,7 @@ from fast3d_cli.cli.common import (
     DataRootOption,
     DeviceOption,
     JsonOption,
+    TrustCheckpointOption,
     command_line,
     data_config,
     emit,
@@ -225,6 +226,7 @@ def predict_command(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a store made with another GAP network, data or settings.")
     ] = False,
+    trust_checkpoint: TrustCheckpointOption = False,
     device: DeviceOption = "auto",
     config: ConfigOption = None,
     data_root: DataRootOption = None,
@@ -249,7 +251,9 @@ def predict_command(
         dtype=dtype,
     )
     data = data_config(config, data_root)
-    source = GAPSource.from_path(path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config)
+    source = GAPSource.from_path(
+        path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config, trust_checkpoint=trust_checkpoint
+    )
     with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
         result = predict(
             source,

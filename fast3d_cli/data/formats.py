@@ -13,19 +13,31 @@ from typing import Any
 from fast3d_cli.errors import DataFileError
 
 
-def _require(path: Path) -> Path:
+def require_file(path: Path) -> Path:
+    """``path`` if it is a file; else a :class:`DataFileError` saying it is missing or not a file."""
+    path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise DataFileError(f"cannot read {path}: not a regular file")
         raise DataFileError(f"data file not found: {path}")
     return path
 
 
+def _reason(err: BaseException) -> str:
+    """The first sentence of ``err``'s message (torch's load errors run to several sentences)."""
+    text = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def read_json(path: Path) -> Any:
-    _require(path)
+    require_file(path)
     try:
         with path.open(encoding="utf-8") as handle:
             return json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataFileError(f"cannot read JSON file {path}: {err}") from None
+    except OSError as err:
+        raise DataFileError(f"cannot read {path}: {err.strerror or err}") from None
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise DataFileError(f"cannot read JSON file {path}: {str(err).splitlines()[0]}") from None
 
 
 def read_pt(path: Path) -> Any:
@@ -34,12 +46,15 @@ def read_pt(path: Path) -> Any:
 
     import torch
 
-    _require(path)
+    require_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataFileError(f"cannot load {path} with weights_only=True: {first_line}") from None
+    except OSError as err:
+        raise DataFileError(f"cannot read {path}: {err.strerror or err}") from None
+    except Exception as err:  # a damaged file makes the zip reader or the unpickler raise many types
+        pickled = isinstance(err, pickle.UnpicklingError)
+        what = "corrupt, or it pickles more than tensors" if pickled else "corrupt"
+        raise DataFileError(f"cannot load {path} with weights_only=True: {what} ({_reason(err)})") from None
 
 
 def write_json(path: Path, data: Any, indent: int | None = None) -> None:

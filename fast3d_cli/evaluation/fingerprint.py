@@ -6,12 +6,17 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from fast3d_cli.errors import UserError
+
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    try:
+        with Path(path).open("rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     return digest.hexdigest()
 
 

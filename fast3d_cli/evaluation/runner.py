@@ -12,7 +12,7 @@ from typing import Any
 
 from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
-from fast3d_cli.data.formats import read_json, write_json
+from fast3d_cli.data.formats import read_json, require_file, write_json
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
@@ -56,8 +56,8 @@ def data_files(data: DataConfig, tasks: Sequence[str], split: str) -> list[Path]
     if "scanrefer" in tasks and data.path(data.scanrefer_lookup).is_file():
         files.append(data.path(data.scanrefer_lookup))
     for path in files:
-        if not path.is_file() and path.name != data.scanrefer_lookup:
-            raise UserError(f"data file not found: {path}")
+        if path.name != data.scanrefer_lookup:
+            require_file(path)
     return files
 
 
@@ -197,6 +197,9 @@ def run_eval(
     out_dir = Path(out_dir)
     files = data_files(data, settings.tasks, settings.split)
     samples = {t: load_samples(data, t, settings.split)[: settings.limit] for t in settings.tasks}
+    for task, rows in samples.items():
+        if not rows:
+            raise UserError(f"{task}/{settings.split} has no samples")
     pruner = Pruner(settings.pruning, model, model_fingerprint, data)
     pruner.check_samples([s for rows in samples.values() for s in rows])
     manifest = {

@@ -69,7 +69,7 @@ def load_gap(directory: Path, device: str | torch.device = "cpu") -> tuple[GAPMo
 
 
 def load_official_gap_checkpoint(
-    path: Path, roberta_dir: Path, config: GAPConfig | None = None
+    path: Path, roberta_dir: Path, config: GAPConfig | None = None, trust: bool = False
 ) -> tuple[GAPModel, Any]:
     """Load an official Fast3D GAP checkpoint (``checkpoint_best.pth``): (model in eval mode, tokenizer).
 
@@ -81,7 +81,7 @@ def load_official_gap_checkpoint(
     from fast3d_cli.checkpoints import load_checkpoint
 
     path = Path(path)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, trust=trust)
     state = checkpoint.get("model_state_dict") if isinstance(checkpoint, Mapping) else None
     if state is None and isinstance(checkpoint, Mapping) and _is_state_dict(checkpoint):
         state = checkpoint  # a bare state dict

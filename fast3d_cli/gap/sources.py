@@ -52,15 +52,24 @@ def apply_overrides(base: GAPConfig, overrides: dict[str, Any]) -> GAPConfig:
 @dataclass(frozen=True)
 class GAPSource:
     """A trained GAP network: ``gap_dir`` (``save_gap`` format) or an official ``checkpoint`` with the
-    ``roberta`` folder it was trained with (and optionally a ``config_file`` of non-default dimensions)."""
+    ``roberta`` folder it was trained with (and optionally a ``config_file`` of non-default dimensions).
+    ``trust_checkpoint`` loads ``checkpoint`` with full pickle (``weights_only=False``): it runs the file's
+    code."""
 
     gap_dir: Path | None = None
     checkpoint: Path | None = None
     roberta: Path | None = None
     config_file: Path | None = None
+    trust_checkpoint: bool = False
 
     @classmethod
-    def from_path(cls, path: Path, roberta: Path | None = None, config_file: Path | None = None) -> GAPSource:
+    def from_path(
+        cls,
+        path: Path,
+        roberta: Path | None = None,
+        config_file: Path | None = None,
+        trust_checkpoint: bool = False,
+    ) -> GAPSource:
         path = Path(path)
         if path.is_dir():
             if roberta is not None or config_file is not None:
@@ -78,7 +87,12 @@ class GAPSource:
                 )
             if not Path(roberta).is_dir():
                 raise UserError(f"RoBERTa folder not found: {roberta}")
-            return cls(checkpoint=path, roberta=Path(roberta), config_file=config_file)
+            return cls(
+                checkpoint=path,
+                roberta=Path(roberta),
+                config_file=config_file,
+                trust_checkpoint=trust_checkpoint,
+            )
         raise UserError(f"GAP network not found: {path}")
 
     @property
@@ -123,7 +137,7 @@ class GAPSource:
         if self.gap_dir is not None:
             return load_gap(Path(self.gap_dir), device=device)
         model, tokenizer = load_official_gap_checkpoint(
-            Path(self.checkpoint), Path(self.roberta), self.config()
+            Path(self.checkpoint), Path(self.roberta), self.config(), trust=self.trust_checkpoint
         )
         return model.to(device), tokenizer
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fast3d_cli.data import DataConfig, Sample, load_samples
+from fast3d_cli.data.formats import require_file
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.errors import UserError
 from fast3d_cli.stores import MapStore, StoreError, open_store
@@ -181,9 +182,7 @@ def load_targets(
         for task in tasks:
             key = f"{task}/{split}"
             if key in where and key not in result.groups:
-                path = data.annotation_path(task, split)
-                if not path.is_file():
-                    raise UserError(f"data file not found: {path}")
+                path = require_file(data.annotation_path(task, split))
                 fingerprint = files_fingerprint([path])
                 result.groups[key] = _read_group(where[key][0], task, split, data, target, fingerprint)
     return result

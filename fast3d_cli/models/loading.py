@@ -14,12 +14,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Either ``model_dir`` (config.json + model.safetensors + tokenizer) or ``checkpoint`` + ``base_llm``."""
+    """Either ``model_dir`` (config.json + model.safetensors + tokenizer) or ``checkpoint`` + ``base_llm``.
+
+    ``trust_checkpoint`` loads ``checkpoint`` with full pickle (``weights_only=False``), running its code.
+    """
 
     model_dir: Path | None = None
     checkpoint: Path | None = None
     base_llm: Path | None = None
     lora_alpha: float | None = None
+    trust_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.base_llm is None:
@@ -51,13 +55,27 @@ class ModelSource:
             from fast3d_cli.models.chat_scene.official import load_official_checkpoint
 
             model = load_official_checkpoint(
-                self.checkpoint, self.base_llm, lora_alpha=self.lora_alpha, dtype=torch_dtype
+                self.checkpoint,
+                self.base_llm,
+                lora_alpha=self.lora_alpha,
+                dtype=torch_dtype,
+                trust=self.trust_checkpoint,
             )
         else:
             from fast3d_cli.models.chat_scene.io import from_pretrained
 
             model = from_pretrained(self.model_dir, dtype=torch_dtype)
+        model.llm.set_attn_implementation(preferred_attention(resolved_device, torch_dtype))  # both loaders
         return model.to(resolved_device)
+
+
+def preferred_attention(device: str, dtype: Any) -> str:
+    """flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed, else sdpa."""
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    usable = device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if usable and is_flash_attn_2_available() else "sdpa"
 
 
 def resolve_device(device: str) -> str:

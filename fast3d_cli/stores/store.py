@@ -13,13 +13,19 @@ Layout::
 
 Arrays are chunked along samples. A writer fills whole chunks: the score arrays first, ``sample_index`` last,
 each chunk file written atomically and fsync'ed, so a chunk is complete exactly when its ``sample_index`` rows
-are all >= 0. Attributes are written only by the coordinating process.
+are all >= 0 and every array has its chunk file (deleting a damaged chunk file makes the stage recompute
+that chunk). Every chunk file ends in a CRC32C checksum, so a corrupt or truncated chunk is an error naming
+the file (:class:`StoreError`), never silently wrong numbers. Attributes are written only by the coordinating
+process.
+
+Reading a damaged or foreign store raises :class:`StoreError` and nothing else: garbled metadata, root or
+group attributes of the wrong type, arrays of the wrong shape, dtype or chunking, undecodable chunks.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ KINDS = ("attention", "prediction")
 ATTR_KEY = "fast3d"
 SCORE_ARRAYS = ("object_scores", "prompt_scores")
 OPTIONAL_ARRAYS = ("token_scores", "layer_scores")
+KNOWN_ARRAYS = ("sample_index", *SCORE_ARRAYS, *OPTIONAL_ARRAYS)
 _WRITE_CONFIG = {"write_empty_chunks": True}
 
 
@@ -40,10 +47,117 @@ class StoreError(UserError):
     """A store that cannot be used as asked (wrong kind, other model, corrupt, missing group...)."""
 
 
-def _compressor():
-    from zarr.codecs import BloscCodec
+def _compressors() -> tuple[Any, ...]:
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    # the checksum makes a corrupt or truncated chunk file an error (Blosc alone may decode it to garbage)
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()
+
+
+def _reason(err: BaseException) -> str:
+    """A short one-line description of ``err`` for an error message."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _zarr_call(what: str, call: Callable[[], Any]) -> Any:
+    """Run a zarr metadata access; zarr raises many types for garbled metadata: make them a StoreError."""
+    try:
+        return call()
+    except StoreError:
+        raise
+    except Exception as err:  # untrusted metadata: JSON, schema and codec errors of several types
+        raise StoreError(f"{what}: unreadable or invalid zarr metadata ({_reason(err)})") from None
+
+
+def _children(directory: Path, node_type: str) -> list[str]:
+    """Names of the zarr v3 child nodes of ``directory`` of ``node_type`` ("group" or "array"), sorted.
+
+    Read from the directory (zarr lists members concurrently, and a member with garbled metadata then leaves
+    asyncio "exception was never retrieved" tracebacks on stderr). A child whose ``zarr.json`` cannot be read
+    is a :class:`StoreError`.
+    """
+    import json
+
+    names = []
+    for child in sorted(directory.iterdir()) if directory.is_dir() else ():
+        meta = child / "zarr.json"
+        if not (child.is_dir() and meta.exists()):
+            continue
+        try:
+            found = json.loads(meta.read_text()).get("node_type")
+        except (OSError, ValueError, AttributeError) as err:
+            raise StoreError(f"{meta}: unreadable or invalid zarr metadata ({_reason(err)})") from None
+        if found == node_type:
+            names.append(child.name)
+    return names
+
+
+def _count(attrs: Mapping[str, Any], key: str, minimum: int, where: str) -> int:
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StoreError(f"{where}: attribute {key} should be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class StoreArray:
+    """One array of a store group, with the zarr array's API. Reading a chunk file that does not decode
+    (corrupt, truncated, unreadable) raises :class:`StoreError` naming the file, not zarr's or a codec's
+    error."""
+
+    def __init__(self, group: MapGroup, name: str, array: Any) -> None:
+        self._group = group
+        self._name = name
+        self._array = array
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._array, attr)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            return self._array[selection]
+        except Exception:
+            damaged = self._damaged_chunk()
+            if damaged is None:
+                raise
+            raise damaged from None
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        try:
+            self._array[selection] = value
+        except Exception:  # a partial-chunk write reads the old chunk first
+            damaged = self._damaged_chunk()
+            if damaged is None:
+                raise
+            raise damaged from None
+
+    def chunk_file(self, chunk: int) -> Path:
+        """The file of sample chunk ``chunk`` of this array."""
+        key = self._array.metadata.encode_chunk_key((chunk,) + (0,) * (self._array.ndim - 1))
+        return Path(self._group.store.path) / self._group.path / self._name / key
+
+    def _damaged_chunk(self) -> StoreError | None:
+        """The error naming the first chunk that does not read (None: every chunk reads, the failure was
+        something else)."""
+        rows = self._array.chunks[0] if self._array.ndim else 0
+        if not rows:
+            return None
+        for chunk in range(-(-self._array.shape[0] // rows)):
+            try:
+                self._array[chunk * rows : (chunk + 1) * rows]
+            except Exception as err:  # undecodable bytes raise codec-specific types
+                what = "corrupt or truncated" if not isinstance(err, OSError) else "unreadable"
+                return StoreError(
+                    f"cannot read chunk {self.chunk_file(chunk)}: {what} ({_reason(err)}); delete it and "
+                    f"rerun the stage that wrote {self._group.store.path} to recompute it"
+                )
+        return None
 
 
 def _fsync_file(path: Path) -> None:
@@ -68,44 +182,82 @@ class MapGroup:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.store.root[self.path].attrs.get(ATTR_KEY, {}))
+        where = f"{self.store.path}: {self.path}"
+        value = _zarr_call(where, lambda: self.store.root[self.path].attrs.get(ATTR_KEY, {}))
+        if not isinstance(value, dict):
+            raise StoreError(f"{where}: attributes[{ATTR_KEY!r}] should be an object, got {value!r}")
+        return dict(value)
 
     @property
     def n_samples(self) -> int:
-        return int(self.attrs["n_samples"])
+        return _count(self.attrs, "n_samples", 0, f"{self.store.path}: {self.path}")
 
     @property
     def chunk_size(self) -> int:
-        return int(self.store.attrs["chunk_size"])
+        return _count(self.store.attrs, "chunk_size", 1, str(self.store.path))
 
     @property
     def n_chunks(self) -> int:
         return -(-self.n_samples // self.chunk_size)
 
-    def array(self, name: str, writable: bool = False):
+    def array(self, name: str, writable: bool = False) -> StoreArray:
         import zarr
 
         mode = "r+" if writable and not self.store.read_only else "r"
         try:
-            return zarr.open_array(
+            array = zarr.open_array(
                 self.store.path, path=f"{self.path}/{name}", mode=mode, config=_WRITE_CONFIG
             )
         except Exception as err:  # zarr raises several types for a missing or unreadable array
-            raise StoreError(f"{self.store.path}: cannot open {self.path}/{name}: {err}") from None
+            raise StoreError(f"{self.store.path}: cannot open {self.path}/{name}: {_reason(err)}") from None
+        self._check_array(name, array)
+        return StoreArray(self, name, array)
+
+    def _expected_shape(self, name: str) -> tuple[int, ...] | None:
+        meta, where = self.store.attrs, str(self.store.path)
+        n, objects = self.n_samples, _count(meta, "n_objects", 1, where)
+        return {
+            "sample_index": (n,),
+            "object_scores": (n, objects),
+            "prompt_scores": (n, objects),
+            "token_scores": (n, _count(meta, "n_visual", 0, where)),
+            "layer_scores": (n, _count(meta, "n_layers", 0, where), objects),
+        }.get(name)
+
+    def _check_array(self, name: str, array: Any) -> None:
+        """Refuse an array of the wrong shape, dtype or chunking (a damaged or foreign store)."""
+        shape = self._expected_shape(name)
+        if shape is None:
+            return
+        where = f"{self.store.path}: {self.path}/{name}"
+        if tuple(array.shape) != shape:
+            raise StoreError(f"{where} has shape {tuple(array.shape)}, expected {shape}")
+        kind = "iu" if name == "sample_index" else "f"
+        if np.dtype(array.dtype).kind not in kind:
+            wanted = "an integer" if name == "sample_index" else "a floating-point"
+            raise StoreError(f"{where} has dtype {array.dtype}, expected {wanted} dtype")
+        chunks = (min(self.chunk_size, max(shape[0], 1)), *shape[1:])
+        if tuple(array.chunks) != chunks:
+            raise StoreError(f"{where} has chunks {tuple(array.chunks)}, expected {chunks}")
+
+    def array_names(self) -> list[str]:
+        return _children(Path(self.store.path) / self.path, "array")
 
     def has_array(self, name: str) -> bool:
-        return name in self.store.root[self.path]
+        return name in self.array_names()
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         start = chunk * self.chunk_size
         return start, min(start + self.chunk_size, self.n_samples)
 
     def completed_chunks(self) -> set[int]:
+        """Chunks whose ``sample_index`` rows are all written and whose chunk files all exist."""
         index = self.array("sample_index")[:]
+        arrays = [self.array(n) for n in self.array_names() if n in KNOWN_ARRAYS]
         done = set()
         for chunk in range(self.n_chunks):
             start, stop = self.chunk_bounds(chunk)
-            if (index[start:stop] >= 0).all():
+            if (index[start:stop] >= 0).all() and all(a.chunk_file(chunk).is_file() for a in arrays):
                 done.add(chunk)
         return done
 
@@ -127,9 +279,8 @@ class MapGroup:
         marker[start:stop] = np.asarray(sample_index, dtype=np.int64)
         self._sync_chunk(marker, chunk)
 
-    def _sync_chunk(self, array, chunk: int) -> None:
-        key = array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
-        path = Path(self.store.path) / self.path / array.basename / key
+    def _sync_chunk(self, array: StoreArray, chunk: int) -> None:
+        path = array.chunk_file(chunk)
         if path.is_file():
             _fsync_file(path)
 
@@ -158,7 +309,7 @@ class MapGroup:
             "written_samples": written,
             "chunks": f"{len(done)}/{self.n_chunks}",
             "complete": len(done) == self.n_chunks,
-            "arrays": sorted(self.store.root[self.path].array_keys()),
+            "arrays": self.array_names(),
         }
 
 
@@ -170,29 +321,38 @@ class MapStore:
 
         self.path = Path(path)
         self.read_only = read_only
-        self.root = zarr.open_group(self.path, mode="r" if read_only else "r+")
+        mode = "r" if read_only else "r+"
+        self.root = _zarr_call(str(self.path), lambda: zarr.open_group(self.path, mode=mode))
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.root.attrs.get(ATTR_KEY, {}))
+        value = _zarr_call(str(self.path), lambda: self.root.attrs.get(ATTR_KEY, {}))
+        if not isinstance(value, dict):
+            raise StoreError(f"{self.path}: attributes[{ATTR_KEY!r}] should be an object, got {value!r}")
+        return dict(value)
 
     @property
     def kind(self) -> str:
-        return self.attrs["kind"]
+        return str(self.attrs.get("kind"))
 
     def update_attrs(self, **values: Any) -> None:
         """Coordinator only: merge ``values`` into the root attributes."""
         self.root.attrs[ATTR_KEY] = {**self.attrs, **values}
 
     def groups(self) -> list[MapGroup]:
-        out = []
-        for task, task_group in sorted(self.root.groups()):
-            for split, _ in sorted(task_group.groups()):
-                out.append(MapGroup(self, task, split))
-        return out
+        return [
+            MapGroup(self, task, split)
+            for task in _children(self.path, "group")
+            for split in _children(self.path / task, "group")
+        ]
 
     def has_group(self, task: str, split: str) -> bool:
-        return f"{task}/{split}" in self.root
+        import zarr
+
+        key = f"{task}/{split}"
+        return bool(
+            _zarr_call(str(self.path), lambda: key in self.root and isinstance(self.root[key], zarr.Group))
+        )
 
     def group(self, task: str, split: str) -> MapGroup:
         if not self.has_group(task, split):
@@ -222,7 +382,7 @@ class MapStore:
                 chunks=(min(chunk, rows), *shape),
                 dtype=dtype,
                 fill_value=fill,
-                compressors=_compressor(),
+                compressors=_compressors(),
                 dimension_names=["sample", *dims],
                 config=_WRITE_CONFIG,
             )
@@ -246,9 +406,11 @@ def _is_store(path: Path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return ATTR_KEY in json.loads(meta.read_text()).get("attributes", {})
+        metadata = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
+    attributes = metadata.get("attributes") if isinstance(metadata, dict) else None
+    return isinstance(attributes, dict) and ATTR_KEY in attributes
 
 
 def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> MapStore:
@@ -259,11 +421,16 @@ def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> M
     if not _is_store(path):
         raise StoreError(f"{path} is not a fast3d store")
     store = MapStore(path, read_only=read_only)
-    version = store.attrs.get("schema_version")
+    attrs = store.attrs
+    version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(
-            f"{path} has store schema version {version}; this fast3d reads version {SCHEMA_VERSION}"
+            f"{path} has store schema version {version!r}; this fast3d reads version {SCHEMA_VERSION}"
         )
+    if attrs.get("kind") not in KINDS:
+        raise StoreError(f"{path} is a {attrs.get('kind')!r} store; fast3d stores are {' or '.join(KINDS)}")
+    for key, minimum in (("chunk_size", 1), ("n_objects", 1), ("n_visual", 0), ("n_layers", 0)):
+        _count(attrs, key, minimum, str(path))
     if kind is not None and store.kind != kind:
         raise StoreError(f"{path} is a {store.kind!r} store, expected {kind!r}")
     return store

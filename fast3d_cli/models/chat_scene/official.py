@@ -77,6 +77,7 @@ def load_official_checkpoint(
     dtype: torch.dtype | None = None,
     max_obj_num: int = 100,
     attn_implementation: str = "sdpa",
+    trust: bool = False,
 ) -> ChatSceneModel:
     """Build a :class:`ChatSceneModel` from a Chat-Scene ``.pth`` and its base LLM folder.
 
@@ -91,7 +92,7 @@ def load_official_checkpoint(
     source = str(checkpoint)
     if not Path(base_llm).is_dir():
         raise UserError(f"base LLM folder not found: {base_llm}")
-    ckpt = load_checkpoint(Path(checkpoint))
+    ckpt = load_checkpoint(Path(checkpoint), trust=trust)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{source}: not a Chat-Scene checkpoint (no 'model' entry)")
     state: dict[str, torch.Tensor] = ckpt["model"]
