@@ -53,6 +53,8 @@ def SKIP_PADDING_ROWS(pred: Path, maps: Path) -> list[tuple[str, dict[str, Any]]
     """The 90% rows again with padding objects (zero features) never kept (``--skip-padding``)."""
     return [
         ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
+        ("GAP '90%' (K=1, 10 obj)", {"method": "gap", "layer": 1, "keep": 10, "maps": pred}),
+        ("Random '90%' (K=1, 10 obj)", {"method": "random", "layer": 1, "keep": 10}),
         ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "ratio": 90.0, "maps": pred}),
         ("GAP+SAP ~90% (K=0, alpha auto)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
         ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
