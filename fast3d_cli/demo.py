@@ -43,6 +43,10 @@ def demo_rows(pred: Path, n_layers: int) -> list[tuple[str, dict[str, Any]]]:
         (f"FastV (K={fastv_layer}, 10 obj)", {"method": "fastv", "layer": fastv_layer, "keep": 10}),
         ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "keep": 10, "maps": pred}),
         ("GAP+SAP ~90% (K=0)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
+        (
+            "GAP+SAP ~90% (K=0, skip padding)",
+            {"method": "gap+sap", "alpha": "auto", "maps": pred, "skip_padding": True},
+        ),
     ]
 
 
@@ -78,7 +82,9 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
     log(f"4/5 search-alpha: SAP alpha for {settings.target_ratio:g}% pruning")
     alpha = search_alpha(pred, settings.target_ratio)
     log(f"    alpha {alpha.alpha:g}: {alpha.ratio:.2f}% pruned on average")
-    log("5/5 eval: dense, FastV, GAP, GAP+SAP")
+    padded = search_alpha(pred, settings.target_ratio, skip_padding=data)
+    log(f"    with padding objects skipped: alpha {padded.alpha:g}: {padded.ratio:.2f}% pruned")
+    log("5/5 eval: dense, FastV, GAP, GAP+SAP (official, and with padding objects skipped)")
     base = EvalSettings(
         tasks=settings.tasks,
         batch_size=settings.batch_size,
@@ -87,12 +93,14 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
     )
     rows, paths = [], {"maps": maps, "gap": gap, "pred": pred}
     for label, options in demo_rows(pred, model.llm.config.num_hidden_layers):
-        run_dir = out / "eval" / options["method"]
+        run_dir = (
+            out / "eval" / (options["method"] + ("-skip-padding" if options.get("skip_padding") else ""))
+        )
         result = run_pruned_eval(
             model, fingerprint, data, replace(base, pruning=PruningSettings(**options)), run_dir,
             out / "eval" / "none", progress=progress,
         )  # fmt: skip
-        paths[f"eval {options['method']}"] = run_dir
+        paths[f"eval {run_dir.name}"] = run_dir
         rows.append(table_row(label, result))
         log(f"    {label}: score ratio {rows[-1]['score_ratio']:.2f}%")
     return {"rows": rows, "alpha": alpha.to_dict(), "paths": {k: str(v) for k, v in paths.items()}}

@@ -65,11 +65,11 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
     from fast3d_cli.metrics import HEADLINE_METRICS
 
     tasks = list(HEADLINE_METRICS)
-    table = Table(title=title)
+    table = Table(title=title, caption=COMPARISON_CAPTION)
     table.add_column("method")
     for task in tasks:
-        table.add_column(escape(HEADLINE_METRICS[task].replace(f"[{task}] ", f"{task} ")), justify="right")
-    for name in ("score ratio %", "pruned % (layer-avg / input)", "kept obj", "samples/s"):
+        table.add_column(SHORT_TASK_NAMES.get(task, task), justify="right")
+    for name in ("ratio %", "pruned %", "kept", "smp/s"):
         table.add_column(name, justify="right")
     for row in rows:
         values = [row["headline"].get(t) for t in tasks]
@@ -78,8 +78,22 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
             escape(row["method"]),
             *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
             f"{row['score_ratio']:.2f}",
-            f"{row['layer_averaged_ratio']:.1f} / {row['input_ratio']:.1f}",
+            f"{row['layer_averaged_ratio']:.1f}/{row['input_ratio']:.1f}",
             f"{row['mean_kept_objects']:.1f}",
             "-" if speed is None else f"{speed:.1f}",
         )
-    Console(file=file).print(table)
+    console = Console(file=file)
+    Console(file=file, width=max(console.width, 118)).print(table)
+
+
+SHORT_TASK_NAMES = {
+    "scanrefer": "ScanRefer",
+    "multi3dref": "M3DRef",
+    "scan2cap": "Scan2Cap",
+    "scanqa": "ScanQA",
+    "sqa3d": "SQA3D",
+}
+COMPARISON_CAPTION = (
+    "ScanRefer Acc@0.5, Multi3DRef F1@0.5, Scan2Cap B-4@0.5, ScanQA B-4, SQA3D EM-R (x100); ratio = score "
+    "ratio vs dense; pruned = layer-averaged/input-level %; kept = mean objects; smp/s = samples per second"
+)
