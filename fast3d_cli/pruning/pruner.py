@@ -72,6 +72,7 @@ class Pruner:
         self.spec: MethodSpec = validate(settings, n_layers)
         self.settings = settings
         self.model = model
+        self.data = data
         self.maps: StoreMaps | None = None
         self.gap: tuple[Any, Any] | None = None
         if settings.maps is not None:
@@ -136,7 +137,12 @@ class Pruner:
 
         from fast3d_cli.pruning.budgets import sap_keep_counts
 
-        counts = sap_keep_counts(self.maps.scores(samples).numpy(), self.budget.alpha)
+        scores = self.maps.scores(samples)
+        if self.settings.skip_padding:  # the same ranking the requests get
+            banks = {split: SceneBank(self.data, split) for split in {s.split for s in samples}}
+            padding = torch.cat([self._padding([s], banks[s.split]) for s in samples])
+            scores = scores.masked_fill(padding, float("-inf"))
+        counts = sap_keep_counts(scores.numpy(), self.budget.alpha)
         self.adaptive_mean_kept = round(float(counts.mean()), 4)
         self.budget = replace(self.budget, keep=round(float(counts.mean())), alpha=None)
 
