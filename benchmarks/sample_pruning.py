@@ -30,6 +30,7 @@ TASKS = ("scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d")
 
 def rows(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     pred, maps = run_dir / "pred.zarr", run_dir / "maps.zarr"
+    padding_rows = skip_padding_rows(pred, maps)
     return [
         ("dense", {"method": "none"}),
         ("FastV 35% (K=2, 30 obj)", {"method": "fastv", "layer": 2, "ratio": 35.0}),
@@ -43,13 +44,11 @@ def rows(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
         ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
         ("DivPrune 90% (K=0, 10 obj)", {"method": "divprune", "ratio": 90.0}),
         ("Oracle 90% (K=0, 10 obj)", {"method": "oracle", "ratio": 90.0, "maps": maps}),
-        *[(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in SKIP_PADDING_ROWS(
-            pred, maps
-        )],
+        *[(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in padding_rows],
     ]
 
 
-def SKIP_PADDING_ROWS(pred: Path, maps: Path) -> list[tuple[str, dict[str, Any]]]:  # noqa: N802
+def skip_padding_rows(pred: Path, maps: Path) -> list[tuple[str, dict[str, Any]]]:
     """The 90% rows again with padding objects (zero features) never kept (``--skip-padding``)."""
     return [
         ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
@@ -72,7 +71,8 @@ def slug(options: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("run_dir", type=Path, help="folder with maps.zarr and pred.zarr (alpha searched)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
@@ -126,7 +126,8 @@ def markdown(table: list[dict[str, Any]]) -> str:
         scores = " | ".join(f"{100 * h.get(t, float('nan')):.2f}" for t in TASKS)
         lines.append(
             f"| {row['row']} | {scores} | {row['score_ratio']:.2f} | "
-            f"{row['layer_averaged_ratio']:.1f}% / {row['input_ratio']:.1f}% | {row['mean_kept_objects']:.1f} |"
+            f"{row['layer_averaged_ratio']:.1f}% / {row['input_ratio']:.1f}% | "
+            f"{row['mean_kept_objects']:.1f} |"
         )
     return "\n".join(lines)
 
