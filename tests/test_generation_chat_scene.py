@@ -18,7 +18,7 @@ def test_batch_equals_singles(tiny_model, data_config, num_beams: int) -> None:
     ]
     bank = SceneBank(data_config, "val")
     config = GenerationConfig(num_beams=num_beams, max_new_tokens=8)
-    together = generate_answers(tiny_model, bank, samples, config)
-    alone = [generate_answers(tiny_model, bank, [s], config)[0] for s in samples]
+    together = generate_answers(tiny_model, bank, samples, config).texts
+    alone = [generate_answers(tiny_model, bank, [s], config).texts[0] for s in samples]
     assert together == alone
     assert all(isinstance(text, str) for text in together)

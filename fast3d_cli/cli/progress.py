@@ -57,7 +57,35 @@ def print_metrics_table(result: dict[str, Any], file: IO[str]) -> None:
         shown = "n/a" if value is None else f"{100 * value:.2f}"
         metric = escape(HEADLINE_METRICS[task])  # "[task] ..." would otherwise be read as rich markup
         table.add_row(task, metric, shown, str(result.get("samples", {}).get(task, "")))
-    Console(file=file).print(table)
+    console = Console(file=file)
+    console.print(table)
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False)
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Pruning, score ratio and speed of an eval result, one line each."""
+    lines = []
+    p = result.get("pruning") or {}
+    if p.get("method", "none") != "none":
+        budget = f"keep {p['keep']}" if p.get("keep") is not None else f"alpha {p.get('alpha')}"
+        lines.append(
+            f"{p['method']} ({budget}, layer {p['layer']}): pruned {p['layer_averaged_ratio']:.2f}% "
+            f"layer-averaged / {p['input_ratio']:.2f}% input-level, {p['mean_kept_tokens']:.1f} visual "
+            f"tokens kept, prefill FLOPs x{p['flops_ratio']}"
+        )
+    ratio = result.get("score_ratio") or {}
+    if ratio.get("value") is not None:
+        lines.append(f"score ratio {ratio['value']:.2f}% of the dense run in {ratio['baseline']}")
+    speed = result.get("speed") or {}
+    if speed.get("samples_per_s"):
+        peak = speed.get("peak_memory_mib")
+        lines.append(
+            f"speed: {speed['samples_per_s']} samples/s, prefill {speed.get('prefill_ms_per_sample')} "
+            f"ms/sample, decode {speed.get('decode_ms_per_token')} ms/token, peak memory "
+            + ("n/a (CPU)" if peak is None else f"{peak} MiB")
+        )
+    return lines
 
 
 def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str) -> None:

@@ -55,12 +55,17 @@ class ChatSceneModel(nn.Module):
         self.layout = PromptLayout(config, tokenizer)
 
     @cached_property
-    def obj_token_ids(self) -> torch.Tensor:
+    def _obj_token_id_list(self) -> list[int]:
         ids = self.tokenizer.convert_tokens_to_ids(self.config.obj_tokens())
         unk = self.tokenizer.unk_token_id
         if any(i is None or (unk is not None and i == unk) for i in ids):
             raise ValueError("the tokenizer lacks the object identifier tokens <OBJ000>..")
-        return torch.tensor(ids, dtype=torch.long)
+        return list(ids)
+
+    @property
+    def obj_token_ids(self) -> torch.Tensor:
+        # A fresh tensor per call: one cached under torch.inference_mode() would poison later training.
+        return torch.tensor(self._obj_token_id_list, dtype=torch.long)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
