@@ -17,12 +17,7 @@ from fast3d_cli.pruning.pruner import Pruner
 CONFIG = GenerationConfig(num_beams=2, max_new_tokens=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

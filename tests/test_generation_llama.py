@@ -21,21 +21,17 @@ HIDDEN, BOS, EOS = 32, 1, 2
 IMPLS = ["sdpa", "eager"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one intra-op thread is ~100x faster than two on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_llama(impl: str, vocab: int = 40, seed: int = 0, eos_scale: float = 1.0) -> LlamaForCausalLM:
+def tiny_llama(
+    impl: str, vocab: int = 40, seed: int = 0, eos_scale: float = 1.0, layers: int = 2
+) -> LlamaForCausalLM:
     """fp32 Llama (GQA) whose weights come from a seeded generator, independent of HF's init code."""
     cfg = LlamaConfig(
         hidden_size=HIDDEN,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=vocab,

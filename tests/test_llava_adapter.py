@@ -32,12 +32,7 @@ ANSWERS = ["w10 w11", "w12", "w13 w14 w15 w16"]
 GREEDY = GenerationConfig(num_beams=1, max_new_tokens=5, repetition_penalty=1.0, min_length=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

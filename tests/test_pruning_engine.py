@@ -4,44 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from fast3d_cli.generation import GenerationConfig, HFCausalLMDecoder, generate
 from fast3d_cli.pruning.engine import MaskedDecoder, PrunedDecoder, PruningPlan
+from tests.test_generation_llama import BOS, EOS, HIDDEN
+from tests.test_generation_llama import tiny_llama as seeded_llama
 
-HIDDEN, BOS, EOS, LAYERS = 32, 1, 2, 4
+LAYERS = 4
 N_GROUPS, GROUP = 6, 3  # 18 visual tokens
 PREFIX, MAX_TEXT = 3, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(impl: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=40,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation=impl)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape, generator=gen)
-            param.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.3 * noise)
-    return model.eval()
+    return seeded_llama(impl, seed=seed, layers=LAYERS)
 
 
 def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

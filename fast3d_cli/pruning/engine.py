@@ -160,6 +160,20 @@ class _LayerRunner:
             )
         return hidden
 
+    def prompt(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A left-padded prompt on the model's device: (mask [B,T] long, embeddings, positions, key validity).
+        Padding gets position 0; it is never attended."""
+        check_left_padded(attention_mask)
+        mask = attention_mask.to(self.device, torch.long)
+        positions = position_ids_from_mask(mask).masked_fill(mask == 0, 0)
+        return mask, inputs_embeds.to(self.device, self.dtype), positions, mask.bool()
+
+    @staticmethod
+    def state(stages: list[Stage], cache, mask: Tensor, key_valid: tuple[Tensor, ...]) -> DecodeState:
+        """The decoding state after a prefill: each stage's key validity travels in ``extras``."""
+        extras = {stage.key: valid for stage, valid in zip(stages, key_valid, strict=True)}
+        return DecodeState(cache=cache, attention_mask=mask, next_position=mask.sum(-1), extras=extras)
+
     def logits(self, hidden_last: Tensor) -> Tensor:
         return self.llm.lm_head(self.backbone.norm(hidden_last)).float()
 
@@ -200,11 +214,7 @@ class PrunedDecoder:
         from transformers import DynamicCache
 
         runner, plan = self.runner, self.plan
-        check_left_padded(attention_mask)
-        mask = attention_mask.to(runner.device, torch.long)
-        hidden = inputs_embeds.to(runner.device, runner.dtype)
-        positions = position_ids_from_mask(mask).masked_fill(mask == 0, 0)
-        full_valid = mask.bool()
+        mask, hidden, positions, full_valid = runner.prompt(inputs_embeds, attention_mask)
         visual_start = plan.visual_start.to(runner.device)
         cache = DynamicCache(config=runner.llm.config)
         scores = plan.scores
@@ -236,12 +246,7 @@ class PrunedDecoder:
         pruned_valid = gathered.index[:, width - length :] >= 0
         hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
         self.report = self._report(gathered.index, gathered.kept_groups, visual_start)
-        state = DecodeState(
-            cache=cache,
-            attention_mask=mask,
-            next_position=mask.sum(-1),
-            extras={self.stages[0].key: full_valid, self.stages[1].key: pruned_valid},
-        )
+        state = runner.state(self.stages, cache, mask, (full_valid, pruned_valid))
         return runner.logits(hidden[:, -1]), state
 
     def _run_full_stage(
@@ -292,11 +297,7 @@ class MaskedDecoder:
         from transformers import DynamicCache
 
         runner = self.runner
-        check_left_padded(attention_mask)
-        mask = attention_mask.to(runner.device, torch.long)
-        hidden = inputs_embeds.to(runner.device, runner.dtype)
-        positions = position_ids_from_mask(mask).masked_fill(mask == 0, 0)
-        full_valid = mask.bool()
+        mask, hidden, positions, full_valid = runner.prompt(inputs_embeds, attention_mask)
         columns = self.visual_start.to(runner.device)[:, None] + torch.arange(
             self.keep_visual.shape[1], device=runner.device
         )
@@ -306,12 +307,7 @@ class MaskedDecoder:
         cache = DynamicCache(config=runner.llm.config)
         hidden = runner.run(self.stages[0], hidden, positions, full_valid, cache)
         hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
-        state = DecodeState(
-            cache=cache,
-            attention_mask=mask,
-            next_position=mask.sum(-1),
-            extras={self.stages[0].key: full_valid, self.stages[1].key: pruned_valid},
-        )
+        state = runner.state(self.stages, cache, mask, (full_valid, pruned_valid))
         return runner.logits(hidden[:, -1]), state
 
     @torch.no_grad()
