@@ -269,6 +269,13 @@ def sap_kept_objects(results: Sequence[EvalResult], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _box_patch(box: Any, **style: Any) -> Any:
+    """The top-view rectangle of one object box (center +- size / 2)."""
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((box.cx - box.sx / 2, box.cy - box.sy / 2), box.sx, box.sy, **style)
+
+
 def _shorten(prompt: str, width: int = 150) -> str:
     text = prompt.replace("Answer the question using a single word or phrase.", "").strip()
     return textwrap.shorten(text, width=width, placeholder="…")
@@ -280,7 +287,7 @@ def scene_topview(view: SceneView, path: Path) -> Path:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
     from matplotlib.ticker import NullFormatter
 
     panels = view.panels
@@ -304,41 +311,15 @@ def scene_topview(view: SceneView, path: Path) -> Path:
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, share) in zip(axes, panels.items(), strict=True):
         for box in sorted(view.boxes, key=lambda b: -b.sx * b.sy):  # small boxes on top of large ones
-            ax.add_patch(
-                Rectangle(
-                    (box.cx - box.sx / 2, box.cy - box.sy / 2),
-                    box.sx,
-                    box.sy,
-                    facecolor=cmap(norm(max(share[box.slot], norm.vmin))),
-                    edgecolor="0.25",
-                    linewidth=0.6,
-                    alpha=0.9,
-                )
-            )
+            color = cmap(norm(max(share[box.slot], norm.vmin)))
+            ax.add_patch(_box_patch(box, facecolor=color, edgecolor="0.25", linewidth=0.6, alpha=0.9))
         for box in view.boxes:
             if box.slot in kept:
-                ax.add_patch(
-                    Rectangle(
-                        (box.cx - box.sx / 2, box.cy - box.sy / 2),
-                        box.sx,
-                        box.sy,
-                        facecolor="none",
-                        edgecolor=KEPT_COLOR,
-                        linewidth=2.2,
-                        zorder=4,
-                    )
-                )
+                ax.add_patch(_box_patch(box, facecolor="none", edgecolor=KEPT_COLOR, linewidth=2.2, zorder=4))
         for box in view.referred:
             ax.add_patch(
-                Rectangle(
-                    (box.cx - box.sx / 2, box.cy - box.sy / 2),
-                    box.sx,
-                    box.sy,
-                    facecolor="none",
-                    edgecolor=REFERRED_COLOR,
-                    linewidth=1.8,
-                    linestyle="--",
-                    zorder=5,
+                _box_patch(
+                    box, facecolor="none", edgecolor=REFERRED_COLOR, linewidth=1.8, linestyle="--", zorder=5
                 )
             )
             ax.plot(
