@@ -40,3 +40,34 @@ def test_pruned_inference_runs_tiny(tmp_path: Path) -> None:
     assert result["layout"]["kept_visual_tokens"] == 30
     for goal in result["goals"].values():
         assert goal["pass"] == (goal["measured"] >= goal["target"])
+
+
+def test_associative_recall_runs_tiny(tmp_path: Path) -> None:
+    bench = load_benchmark("associative_recall")
+    argv = ["--steps", "3", "--batch", "4", "--probe-every", "1", "--threads", "1", "--hidden-size", "32"]
+    path = bench.main([*argv, "--out-dir", str(tmp_path), "--out", "smoke"])
+
+    result = json.loads(path.read_text())
+    assert result["environment"]["device"] == "cpu" and result["settings"]["pairs"] == 12
+    curve = result["result"]["curve"]
+    assert [e["step"] for e in curve] == [0, 1, 2]
+    assert [e["sequences_seen"] for e in curve] == [4, 8, 12]
+    assert all(0.0 <= e["recall_accuracy"] <= 1.0 and e["loss"] > 0 for e in curve)
+    assert result["result"]["chance_among_context_values"] == 1 / 12
+
+
+def test_associative_recall_batch_layout() -> None:
+    """Labels sit exactly on the recalled values, and each recalled value is the one bound to its key."""
+    import torch
+
+    bench = load_benchmark("associative_recall")
+    args = bench.parse_args(["--prefix", "3", "--pairs", "5", "--queries", "2"])
+    tokens, labels = bench._batch(args, 6, torch.Generator().manual_seed(0))
+    start = 3 + 2 * 5
+    assert tokens.shape == (6, start + 2 * 2)
+    assert (labels[:, :start] == -100).all() and (labels[:, start::2] == -100).all()
+    for row in range(6):
+        bound = dict(zip(tokens[row, 3:start:2].tolist(), tokens[row, 4:start:2].tolist(), strict=True))
+        for q in range(2):
+            key, value = tokens[row, start + 2 * q].item(), labels[row, start + 2 * q + 1].item()
+            assert bound[key] == value
