@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment
+from common import RESULTS, environment, write_result
 
 
 def _model(args: argparse.Namespace):
@@ -132,8 +132,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    import json
-
     args = parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "out")}
     payload = {
@@ -142,9 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
         "settings": settings,
         "result": measure(args),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"{args.out}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = write_result(args.out, payload, args.out_dir)
     print(path)
     return path
 

@@ -31,7 +31,6 @@ says so. Writes ``<out-dir>/<out>.json`` (default ``benchmarks/results/pruned_in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, VICUNA_7B, environment
+from common import RESULTS, VICUNA_7B, environment, write_result
 
 # Scaled-down Llama for CPU runs and tests: same sequence layout, ~1/16 width, 4 layers.
 TINY = {
@@ -561,9 +560,7 @@ def run(args: argparse.Namespace) -> Path:
         "beam": beam,
         "goals": goals(prefill, greedy, beam, args.batch),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"{args.out}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = write_result(args.out, payload, args.out_dir)
     for name, goal in payload["goals"].items():
         status = "PASS" if goal["pass"] else "FAIL"
         print(f"{name}: {goal['measured']:.3g} (target {goal['target']}) {status}", file=sys.stderr)
