@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, VICUNA_7B, environment, write_result
+from common import RESULTS, VICUNA_7B, Timer, environment, goal, write_result
 
 # Scaled-down Llama for CPU runs and tests: same sequence layout, ~1/16 width, 4 layers.
 TINY = {
@@ -143,50 +143,6 @@ def keep_sets(llm, prompts: Prompts, layer: int):
 # ---------------------------------------------------------------------------------------------- timing
 
 
-class Timer:
-    """Median wall-clock time of a callable; on CUDA synchronised, with the peak memory of the case."""
-
-    def __init__(self, device: str, repeats: int, warmup: int) -> None:
-        import torch
-
-        self.cuda = device.startswith("cuda")
-        self.repeats, self.warmup = repeats, warmup
-        self.sync: Callable[[], None] = torch.cuda.synchronize if self.cuda else (lambda: None)
-        self.base = self._allocated()
-
-    def _allocated(self) -> int:
-        import torch
-
-        if not self.cuda:
-            return 0
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated()
-
-    def __call__(self, fn: Callable[[], Any]) -> dict[str, Any]:
-        """``fn`` must not return the KV cache (it would stay alive during the next call)."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(self.warmup):
-            fn()
-        self.sync()
-        times = []
-        for _ in range(self.repeats):
-            self.sync()
-            start = time.perf_counter()
-            fn()
-            self.sync()
-            times.append(time.perf_counter() - start)
-        out: dict[str, Any] = {"median_s": statistics.median(times), "times_s": times}
-        if self.cuda:
-            peak = torch.cuda.max_memory_allocated()
-            out["peak_mib"] = peak / 2**20
-            out["peak_above_idle_mib"] = (peak - self.base) / 2**20
-        return out
-
-
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else float("inf")
 
@@ -261,7 +217,7 @@ def greedy_cases(
         result = timer(run)
         if set(produced) != {batch * max_new_tokens}:
             raise RuntimeError(f"greedy {variant} produced {sorted(set(produced))} tokens, not forced length")
-        prefill_s = clock.seconds[-timer.repeats :]
+        prefill_s = clock.seconds[-result["runs"] :]
         decode_s = [total - first for total, first in zip(result["times_s"], prefill_s, strict=True)]
         row = {
             "variant": variant,
@@ -426,28 +382,32 @@ def flops_summary(llm_config, prompts: Prompts, layer: int, keep_objects: int) -
     }
 
 
-def goals(prefill: list[dict], greedy: list[dict], beam: list[dict], batch: int) -> dict[str, Any]:
-    speedup = next(r for r in prefill if r["variant"] == "pruned" and r["batch"] == batch)["speedup_vs_dense"]
-    throughput = greedy[1]["throughput_ratio_vs_dense"]
+def prefill_goal(prefill: list[dict], batch: int) -> tuple[float, str]:
+    row = next(r for r in prefill if r["variant"] == "pruned" and r["batch"] == batch)
+    return row["speedup_vs_dense"], f"prefill at batch {batch}: dense latency / pruned latency"
+
+
+def greedy_goal(greedy: list[dict]) -> tuple[float, str]:
+    pruned = next(r for r in greedy if r["variant"] == "pruned")
+    return pruned["throughput_ratio_vs_dense"], f"greedy tokens/s at batch {pruned['batch']}: pruned / dense"
+
+
+def beam_goal(beam: list[dict]) -> tuple[float, str]:
     batched = beam[-1]
+    definition = f"beam-{NUM_BEAMS} samples/s: {batched['case']} / official_masked (batch 1)"
+    return batched["samples_per_s_ratio_vs_official"], definition
+
+
+def goals(prefill: list[dict], greedy: list[dict], beam: list[dict], batch: int) -> dict[str, Any]:
     measured = {
-        "prefill_speedup": (speedup, f"prefill at batch {batch}: dense latency / pruned latency"),
-        "greedy_throughput_ratio": (
-            throughput,
-            f"greedy tokens/s at batch {batch}: pruned / dense",
-        ),
-        "samples_per_s_ratio_vs_official": (
-            batched["samples_per_s_ratio_vs_official"],
-            f"beam-{NUM_BEAMS} samples/s: {batched['case']} / official_masked (batch 1)",
-        ),
+        "prefill_speedup": prefill_goal(prefill, batch),
+        "greedy_throughput_ratio": greedy_goal(greedy),
+        "samples_per_s_ratio_vs_official": beam_goal(beam),
     }
-    return {
-        name: {"measured": value, "target": GOALS[name], "pass": bool(value >= GOALS[name]), "definition": d}
-        for name, (value, d) in measured.items()
-    }
+    return {name: goal(value, GOALS[name], definition) for name, (value, definition) in measured.items()}
 
 
-def _select_gather_backend(values) -> str:
+def select_gather_backend(values) -> str:
     """What PrunedDecoder's fast3d_kernels.select_gather dispatches to for these tensors."""
     from fast3d_kernels import resolve_backend
 
@@ -524,7 +484,7 @@ def run(args: argparse.Namespace) -> Path:
             "dtype": args.dtype,
             "attn_implementation": "sdpa",
             "weights": "random (HF init, seed 0)",
-            "select_gather_backend": _select_gather_backend(prompts.embeds),
+            "select_gather_backend": select_gather_backend(prompts.embeds),
             "weights_mib": sum(p.numel() * p.element_size() for p in llm.parameters()) / 2**20,
         },
         "layout": {
@@ -561,9 +521,9 @@ def run(args: argparse.Namespace) -> Path:
         "goals": goals(prefill, greedy, beam, args.batch),
     }
     path = write_result(args.out, payload, args.out_dir)
-    for name, goal in payload["goals"].items():
-        status = "PASS" if goal["pass"] else "FAIL"
-        print(f"{name}: {goal['measured']:.3g} (target {goal['target']}) {status}", file=sys.stderr)
+    for name, entry in payload["goals"].items():
+        status = "PASS" if entry["met"] else "FAIL"
+        print(f"{name}: {entry['measured']:.3g} (target {entry['target']}) {status}", file=sys.stderr)
     print(path)
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -13,6 +14,7 @@ def load_benchmark(name: str):
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)
     return module
 
@@ -39,7 +41,7 @@ def test_pruned_inference_runs_tiny(tmp_path: Path) -> None:
     assert result["flops"]["ratio_dense_over_pruned"] > 1
     assert result["layout"]["kept_visual_tokens"] == 30
     for goal in result["goals"].values():
-        assert goal["pass"] == (goal["measured"] >= goal["target"])
+        assert goal["met"] == (goal["measured"] >= goal["target"])
 
 
 def test_associative_recall_runs_tiny(tmp_path: Path) -> None:
