@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import VICUNA_7B, environment, timed, write_result
+from common import VICUNA_7B, environment, goal, timed, write_result
+
+FRACTION_GOAL = 0.03  # GAP time per sample <= 3% of the dense 7B prefill's
 
 
 class _StubTokenizer:
@@ -39,17 +41,44 @@ class _StubTokenizer:
         return 1200
 
 
-def gap_config(name: str):
-    from fast3d_cli.gap import GAPConfig
+def _sample_config():
     from fast3d_cli.gap.sample import load_sample_tokenizer, sample_gap_config
 
-    if name == "official":
-        return GAPConfig()
     try:
         tokenizer = load_sample_tokenizer()
     except Exception:  # the sample model is not built: a vocabulary of similar size
         tokenizer = _StubTokenizer()
     return sample_gap_config(tokenizer)
+
+
+def _official_config():
+    from fast3d_cli.gap import GAPConfig
+
+    return GAPConfig()
+
+
+def _tiny_config():
+    """A tiny GAP for smoke runs: the same architecture with every width scaled down."""
+    from fast3d_cli.gap import GAPConfig
+
+    text = {"vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text |= {"intermediate_size": 64, "max_position_embeddings": 128, "pad_token_id": 1, "type_vocab_size": 1}
+    return GAPConfig(
+        feat_dim_3d=16,
+        feat_dim_2d=16,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_layers=1,
+        dim_feedforward=64,
+        text_config=text,
+    )
+
+
+GAP_CONFIGS = {"sample": _sample_config, "official": _official_config, "tiny": _tiny_config}
+
+
+def gap_config(name: str):
+    return GAP_CONFIGS[name]()
 
 
 def gap_inputs(config, batch: int, text_len: int, device: str) -> dict[str, Any]:
@@ -118,21 +147,53 @@ def check_flop_formula(seq: int) -> dict[str, Any]:
     return {"counted": counted, "formula": formula, "relative_difference": abs(counted - formula) / counted}
 
 
-def measure_gap(name: str, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
+def build_gap(config, device: str):
     import torch
 
     from fast3d_cli.gap import GAPModel
 
-    config = gap_config(name)
     torch.manual_seed(0)
-    model = GAPModel(config).to(args.device).eval()
-    inputs = gap_inputs(config, args.batch, args.text_len, args.device)
-    cuda = args.device.startswith("cuda")
+    return GAPModel(config).to(device).eval()
+
+
+def gap_forward(model, inputs: dict[str, Any], device: str):
+    """One GAP forward on ``inputs`` (bf16 autocast on CUDA, as prediction runs)."""
+    import torch
+
+    cuda = device.startswith("cuda")
 
     def forward():
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             return model(**inputs)
 
+    return forward
+
+
+def prefill_forward(llm, batch: int, seq: int, device: str):
+    """One dense prefill of ``batch`` random prompts of ``seq`` tokens (LM head on the last position only)."""
+    import torch
+
+    hidden = llm.config.hidden_size
+    dtype = next(llm.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    embeds = (torch.randn(batch, seq, hidden, generator=g) * 0.02).to(device, dtype)
+    mask = torch.ones(batch, seq, dtype=torch.long, device=device)
+
+    def forward():
+        with torch.inference_mode():
+            return llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1, use_cache=False)
+
+    return forward
+
+
+def measure_gap(name: str, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
+    import torch
+
+    config = gap_config(name)
+    model = build_gap(config, args.device)
+    inputs = gap_inputs(config, args.batch, args.text_len, args.device)
+    cuda = args.device.startswith("cuda")
+    forward = gap_forward(model, inputs, args.device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = timed(forward, repeats, sync)
     flops = count_flops(forward) / args.batch
@@ -159,17 +220,9 @@ def measure_llm(args: argparse.Namespace) -> dict[str, Any]:
     config = LlamaConfig(**VICUNA_7B)
     with torch.device(args.device):
         llm = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-    g = torch.Generator().manual_seed(0)
-    embeds = (torch.randn(args.batch, args.seq, config.hidden_size, generator=g) * 0.02).to(
-        args.device, torch.bfloat16
+    times = timed(
+        prefill_forward(llm, args.batch, args.seq, args.device), args.repeats, torch.cuda.synchronize
     )
-    mask = torch.ones(args.batch, args.seq, dtype=torch.long, device=args.device)
-
-    def forward():
-        with torch.inference_mode():
-            return llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1, use_cache=False)
-
-    times = timed(forward, args.repeats, torch.cuda.synchronize)
     best = min(times)
     return {
         "batch": args.batch,
@@ -177,6 +230,13 @@ def measure_llm(args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_batch": 1000 * best,
         "ms_per_sample": 1000 * best / args.batch,
     }
+
+
+def fraction_goal(fraction: float, batch: int, seq: int, target_model: str = "7B") -> dict[str, Any]:
+    definition = (
+        f"GAP time per sample / dense {target_model} prefill time per sample, batch {batch}, {seq} tokens"
+    )
+    return goal(fraction, FRACTION_GOAL, definition, comparison="<=")
 
 
 def main() -> None:
@@ -214,6 +274,7 @@ def main() -> None:
         row["flops_fraction_of_prefill"] = row["gflops_per_sample"] * 1e9 / llm_flops
         if cuda:
             row["time_fraction_of_prefill"] = row["ms_per_sample"] / reference["measured"]["ms_per_sample"]
+            row["goal"] = fraction_goal(row["time_fraction_of_prefill"], args.batch, args.seq)
         rows.append(row)
         print(row, file=sys.stderr)
     payload = {
