@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -73,3 +79,161 @@ def test_associative_recall_batch_layout() -> None:
         for q in range(2):
             key, value = tokens[row, start + 2 * q].item(), labels[row, start + 2 * q + 1].item()
             assert bound[key] == value
+
+
+# ---------------------------------------------------------------------------------------------- GPU suite
+
+# Runs the suite the way the GPU image would: the project not installed (the editable-install finder is
+# removed, the working directory is elsewhere) and the packages that image lacks made unimportable.
+AS_ON_THE_GPU_IMAGE = """
+import importlib.abc, importlib.util, runpy, sys
+
+suite, blocked = sys.argv[1], set(sys.argv[2].split(","))
+
+
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"{name} is not in the GPU image")
+        return None
+
+
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.meta_path.insert(0, NotInTheImage())
+assert importlib.util.find_spec("fast3d_cli") is None and importlib.util.find_spec("fast3d_kernels") is None
+sys.argv = [suite, *sys.argv[3:]]
+runpy.run_path(suite, run_name="__main__")
+"""
+
+
+def test_gpu_suite_smoke_runs_every_section(tmp_path: Path) -> None:
+    """``gpu_suite.py --smoke`` (the real sections at tiny shapes on CPU) gives a number for every goal."""
+    suite = load_benchmark("gpu_suite")
+    results_before = sorted(p.name for p in (BENCHMARKS / "results").iterdir())
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    blocked = ",".join(suite.NOT_IN_GPU_IMAGE)
+    argv = [str(BENCHMARKS / "gpu_suite.py"), blocked, "--smoke", "--out-dir", str(out_dir)]
+    done = subprocess.run(
+        [sys.executable, "-c", AS_ON_THE_GPU_IMAGE, *argv],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-6000:]
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path == out_dir / "gpu_suite_smoke.json"
+    assert sorted(p.name for p in (BENCHMARKS / "results").iterdir()) == results_before
+
+    result = json.loads(path.read_text())
+    assert result["profile"] == "smoke" and "not measurements" in result["note"]
+    env_record = result["environment"]
+    assert env_record["device"] == "cpu" and env_record["torch"] and env_record["transformers"]
+    assert "git_commit" in env_record and env_record["date"]
+    sections = result["sections"]
+    assert list(sections) == list(suite.SECTIONS)
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in sections.values()), sections
+    assert result["summary"]["sections_failed"] == [] and result["summary"]["sections_skipped"] == []
+
+    profile = suite.PROFILES["smoke"]()
+    expected = {name for section in suite.SECTIONS.values() for name in section.goals(profile)}
+    assert set(result["goals"]) == expected and len(expected) == 13
+    for name, entry in result["goals"].items():
+        if "graph" in name:  # CUDA graphs need CUDA
+            assert (
+                entry["measured"] is None and entry["met"] is None and "CUDA graphs" in entry["not_measured"]
+            )
+            continue
+        value = entry["measured"]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, entry)
+        assert entry["met"] == (
+            value >= entry["target"] if entry["comparison"] == ">=" else value <= entry["target"]
+        )
+
+    kernel = sections["kernel"]["result"]["rows"]
+    assert [r["case"] for r in kernel] == ["sap", "topk"]
+    assert all(r["check"] == {"count_mismatch_rows": 0, "gather_equal": True} for r in kernel)
+    counts = sections["kept_counts"]["result"]
+    assert counts["equal"] == counts["rows"] == 6 * profile.count_rows
+    prefill = sections["prefill"]["result"]["rows"]
+    assert {(r["variant"], r["batch"]) for r in prefill} == {
+        (v, b) for v in ("dense", "pruned") for b in (1, 2)
+    }
+    assert [r["case"] for r in sections["beam"]["result"]["rows"]][-1] == "ours_pruned_b2"
+    extraction = sections["extraction"]["result"]
+    assert extraction["memory"].startswith("MemTracker")
+    for row in extraction["rows"]:
+        assert row["peak_activation_mib"] > 0
+        if row["variant"] == "fast3d":  # eager keeps every layer's attention matrix: it must show
+            assert row["memory_ratio_vs_eager"] > 1
+    assert sections["model"]["result"]["config"] == "tiny"
+
+
+def test_gpu_suite_records_a_failing_section_and_runs_the_rest(tmp_path: Path) -> None:
+    suite = load_benchmark("gpu_suite")
+    bad = {"batch": 2, "groups": 30, "group": 3, "tokens": 60, "dim": 8, "alpha": 0.3}  # 90 tokens > 60
+    profile = replace(suite.PROFILES["smoke"](), kernel_cases={"sap": bad})
+    out = tmp_path / "suite.json"
+    payload = suite.run_suite(profile, ["kernel", "kept_counts"], out, "abc123")
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
+    assert payload["environment"]["git_commit"] == "abc123"
+    kernel = payload["sections"]["kernel"]
+    assert kernel["status"] == "error" and "do not fit" in kernel["error"] and kernel["traceback"]
+    assert payload["sections"]["kept_counts"]["status"] == "ok"
+    assert payload["summary"]["sections_failed"] == ["kernel"]
+    for name in ("sap_speedup_vs_reference", "sap_speedup_graph_vs_reference"):
+        assert (
+            payload["goals"][name]["met"] is None and "ValueError" in payload["goals"][name]["not_measured"]
+        )
+    assert payload["goals"]["kept_counts_equal_fraction"]["met"] is True
+
+
+def test_gpu_suite_budget() -> None:
+    """Timed runs stop at a case's budget (one always runs); later sections share what is left."""
+    import time
+
+    common = load_benchmark("common")
+    suite = load_benchmark("gpu_suite")
+    calls: list[float] = []
+
+    def work() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.01)
+
+    assert common.Timer("cpu", repeats=4, warmup=1)(work)["runs"] == 4
+    assert common.Timer("cpu", repeats=4, warmup=1, budget_s=0.0)(work)["runs"] == 1
+    assert len(calls) == 5 + 2
+    profile = suite.PROFILES["gpu"]()
+    assert suite.allowance(profile, ["prefill", "beam"], 1000) == profile.plans["prefill"].cap_s
+    caps = profile.plans["prefill"].cap_s, profile.plans["beam"].cap_s
+    assert suite.allowance(profile, ["prefill", "beam"], 95) == pytest.approx(95 * caps[0] / sum(caps))
+
+
+def test_gpu_suite_usage(tmp_path: Path) -> None:
+    suite = load_benchmark("gpu_suite")
+    with pytest.raises(SystemExit) as refused:
+        suite.parse_args(["--smoke", "--out-dir", str(BENCHMARKS / "results")])
+    assert refused.value.code == 2
+    assert suite.parse_args(["--sections", "beam", "kernel"]).sections == ["kernel", "beam"]
+    assert (
+        suite.device_slug("NVIDIA H200") == "h200"
+        and suite.device_slug("NVIDIA H100 80GB HBM3") == "h100_80gb_hbm3"
+    )
+    shown = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0
+    assert "Wheels to carry: none" in shown.stdout and '--out-dir "$OUT"' in shown.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available(),
+    reason="with CUDA this would start the real suite",
+)
+def test_gpu_suite_without_cuda_is_one_error_line(capsys) -> None:
+    suite = load_benchmark("gpu_suite")
+    assert suite.main(["--out-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gpu_suite: error: no CUDA device; run it on a GPU, or with --smoke on CPU"]
