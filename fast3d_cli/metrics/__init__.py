@@ -12,6 +12,7 @@ from fast3d_cli.metrics.answers import (
     parse_object_ids,
     valid_object_ids,
 )
+from fast3d_cli.metrics.bleu import BLEU_STAT_FIELDS, bleu_statistics, corpus_bleu4, weighted_bleu4
 from fast3d_cli.metrics.boxes import box_iou, pairwise_box_iou
 from fast3d_cli.metrics.captions import (
     CAPTION_METRICS,
@@ -41,6 +42,7 @@ from fast3d_cli.metrics.scan2cap import scan2cap_metrics, strip_sos_eos
 from fast3d_cli.metrics.tasks import CAPTION_TASKS, TASK_METRICS, compute_metrics, list_tasks
 
 __all__ = [
+    "BLEU_STAT_FIELDS",
     "CAPTION_METRICS",
     "CAPTION_TASKS",
     "HEADLINE_METRICS",
@@ -56,9 +58,11 @@ __all__ = [
     "MetricsError",
     "Prediction",
     "answer_match",
+    "bleu_statistics",
     "box_iou",
     "clean_answer",
     "compute_metrics",
+    "corpus_bleu4",
     "fallback_tokenize",
     "headline_scores",
     "list_tasks",
@@ -75,4 +79,5 @@ __all__ = [
     "sqa3d_metrics",
     "strip_sos_eos",
     "valid_object_ids",
+    "weighted_bleu4",
 ]
