@@ -3,6 +3,9 @@
 Usage: build a `MetricContext` (boxes, corpus, lookup, optionally one shared `CaptionScorer`) and call
 ``compute_metrics(task, predictions, context, MetricOptions())``. Values are fractions, like the official
 code (the README table multiplies by 100).
+
+``evaluate_task`` returns the same values together with the `TaskUnits` of the task's headline metric
+(per-unit sufficient statistics, for resampling).
 """
 
 from fast3d_cli.metrics.answers import (
@@ -39,7 +42,15 @@ from fast3d_cli.metrics.grounding import (
 from fast3d_cli.metrics.qa import scanqa_metrics, sqa3d_metrics
 from fast3d_cli.metrics.ratio import HEADLINE_METRICS, headline_scores, score_ratio
 from fast3d_cli.metrics.scan2cap import scan2cap_metrics, strip_sos_eos
-from fast3d_cli.metrics.tasks import CAPTION_TASKS, TASK_METRICS, compute_metrics, list_tasks
+from fast3d_cli.metrics.tasks import (
+    CAPTION_TASKS,
+    TASK_EVALUATIONS,
+    TASK_METRICS,
+    compute_metrics,
+    evaluate_task,
+    list_tasks,
+)
+from fast3d_cli.metrics.units import UNIT_STATISTICS, TaskEvaluation, TaskUnits, weighted_mean
 
 __all__ = [
     "BLEU_STAT_FIELDS",
@@ -48,7 +59,9 @@ __all__ = [
     "HEADLINE_METRICS",
     "IOU_THRESHOLDS",
     "SOS_EOS_MODES",
+    "TASK_EVALUATIONS",
     "TASK_METRICS",
+    "UNIT_STATISTICS",
     "CaptionScorer",
     "CaptionScoringError",
     "MetricContext",
@@ -57,12 +70,15 @@ __all__ = [
     "MetricValues",
     "MetricsError",
     "Prediction",
+    "TaskEvaluation",
+    "TaskUnits",
     "answer_match",
     "bleu_statistics",
     "box_iou",
     "clean_answer",
     "compute_metrics",
     "corpus_bleu4",
+    "evaluate_task",
     "fallback_tokenize",
     "headline_scores",
     "list_tasks",
@@ -80,4 +96,5 @@ __all__ = [
     "strip_sos_eos",
     "valid_object_ids",
     "weighted_bleu4",
+    "weighted_mean",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -21,9 +22,12 @@ from fast3d_cli.metrics.context import (
     require_predictions,
     row,
 )
+from fast3d_cli.metrics.units import TaskEvaluation, TaskUnits, record_unit_key
 
 IOU_THRESHOLDS: dict[str, float] = {"0.25": 0.25, "0.50": 0.5}
 """Key suffix -> IoU threshold (a match needs IoU >= threshold)."""
+HEADLINE_IOU = "0.50"
+"""The threshold label of the headline metrics (spec §7): Acc@0.50, F1@0.50, Bleu_4@0.50."""
 ZERO_TARGET_TYPES = frozenset({"zt_w_d", "zt_wo_d"})
 MULTI3DREF_TYPES: tuple[str, ...] = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
 
@@ -34,18 +38,19 @@ def scanrefer_pred_id(text: str, num_proposals: int) -> int:
     return ids[0] if ids else 0
 
 
-def scanrefer_metrics(
-    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
-) -> MetricValues:
-    """Acc@0.25/0.50 over all predictions, plus Unique/Multiple splits when a lookup is given.
+@dataclass(frozen=True)
+class ScanReferSample:
+    """One ScanRefer record scored: IoU of the predicted proposal with the GT box, Unique/Multiple split."""
 
-    A split with no sample has no key (the official code divides by zero there).
-    """
-    require_predictions("scanrefer", predictions)
-    hits = {label: 0 for label in IOU_THRESHOLDS}
-    split_hits = {split: dict.fromkeys(IOU_THRESHOLDS, 0) for split in ("Unique", "Multiple")}
-    split_counts = {"Unique": 0, "Multiple": 0}
+    key: str
+    iou: float
+    split: str | None
+
+
+def scanrefer_samples(predictions: Sequence[Prediction], context: MetricContext) -> list[ScanReferSample]:
+    """Score each record (spec §6.1); the split is None without a ScanRefer lookup."""
     lookup = context.scanrefer_lookup
+    samples = []
     for pos, record in enumerate(predictions):
         scene_id = str(record_field(record, "scene_id", pos))
         gt_id = record_int(record, "gt_id", pos)
@@ -59,18 +64,43 @@ def scanrefer_metrics(
                 split = "Unique" if int(lookup[scene_id][str(gt_id)]) == 0 else "Multiple"
             except KeyError:
                 raise MetricsError(f"object {gt_id} of {scene_id} is not in the ScanRefer lookup") from None
-            split_counts[split] += 1
-        for label, threshold in IOU_THRESHOLDS.items():
-            if iou >= threshold:
-                hits[label] += 1
-                if split is not None:
-                    split_hits[split][label] += 1
-    scores: MetricValues = {f"[scanrefer] Acc@{label}": hits[label] / len(predictions) for label in hits}
-    for split, count in split_counts.items():
-        if count:
-            for label in IOU_THRESHOLDS:
-                scores[f"[scanrefer] {split} Acc@{label}"] = split_hits[split][label] / count
-    return scores
+        samples.append(ScanReferSample(record_unit_key(record, pos), iou, split))
+    return samples
+
+
+def _accuracy(samples: Sequence[ScanReferSample], threshold: float) -> float:
+    return sum(sample.iou >= threshold for sample in samples) / len(samples)
+
+
+def scanrefer_evaluation(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> TaskEvaluation:
+    """Acc@0.25/0.50 over all predictions, plus Unique/Multiple splits when a lookup is given; units:
+    the per-record hit at IoU 0.50.
+
+    A split with no sample has no key (the official code divides by zero there).
+    """
+    require_predictions("scanrefer", predictions)
+    samples = scanrefer_samples(predictions, context)
+    scores: MetricValues = {
+        f"[scanrefer] Acc@{label}": _accuracy(samples, thr) for label, thr in IOU_THRESHOLDS.items()
+    }
+    for split in ("Unique", "Multiple"):
+        in_split = [sample for sample in samples if sample.split == split]
+        if in_split:
+            for label, threshold in IOU_THRESHOLDS.items():
+                scores[f"[scanrefer] {split} Acc@{label}"] = _accuracy(in_split, threshold)
+    threshold = IOU_THRESHOLDS[HEADLINE_IOU]
+    hits = [float(sample.iou >= threshold) for sample in samples]
+    units = TaskUnits("scanrefer", "mean", tuple(sample.key for sample in samples), np.array(hits))
+    return TaskEvaluation(scores, units)
+
+
+def scanrefer_metrics(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> MetricValues:
+    """The metric values of `scanrefer_evaluation`."""
+    return scanrefer_evaluation(predictions, context, options).metrics
 
 
 def multi3dref_f1(pred_boxes: np.ndarray, gt_boxes: np.ndarray, zero_target: bool) -> dict[str, float]:
@@ -97,12 +127,11 @@ def multi3dref_f1(pred_boxes: np.ndarray, gt_boxes: np.ndarray, zero_target: boo
     }
 
 
-def multi3dref_metrics(
-    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
-) -> MetricValues:
-    """Mean F1@0.25/0.50 over all samples ("all") and per eval_type present in the predictions."""
-    require_predictions("multi3dref", predictions)
-    f1s: dict[str, list[dict[str, float]]] = defaultdict(list)
+def multi3dref_samples(
+    predictions: Sequence[Prediction], context: MetricContext
+) -> list[tuple[str, str, dict[str, float]]]:
+    """(unit key, eval_type, F1 per threshold label) of each record (spec §6.2)."""
+    samples = []
     for pos, record in enumerate(predictions):
         scene_id = str(record_field(record, "scene_id", pos))
         eval_type = record_field(record, "type_info", pos)
@@ -118,11 +147,33 @@ def multi3dref_metrics(
         gt_boxes = np.array([row(gt_all, i, "GT object id", scene_id) for i in gt_ids]).reshape(-1, 6)
         if eval_type not in ZERO_TARGET_TYPES and not gt_ids:
             raise MetricsError(f"prediction record {pos}: {eval_type} sample without GT objects")
-        sample = multi3dref_f1(proposals[pred_ids], gt_boxes, eval_type in ZERO_TARGET_TYPES)
-        f1s["all"].append(sample)
-        f1s[eval_type].append(sample)
+        f1 = multi3dref_f1(proposals[pred_ids], gt_boxes, eval_type in ZERO_TARGET_TYPES)
+        samples.append((record_unit_key(record, pos), eval_type, f1))
+    return samples
+
+
+def multi3dref_evaluation(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> TaskEvaluation:
+    """Mean F1@0.25/0.50 over all samples ("all") and per eval_type present in the predictions; units:
+    the per-record F1@0.50."""
+    require_predictions("multi3dref", predictions)
+    samples = multi3dref_samples(predictions, context)
+    f1s: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for _, eval_type, f1 in samples:
+        f1s["all"].append(f1)
+        f1s[eval_type].append(f1)
     scores: MetricValues = {}
-    for group, samples in f1s.items():
+    for group, group_f1s in f1s.items():
         for label in IOU_THRESHOLDS:
-            scores[f"[multi3dref] {group} F1@{label}"] = float(np.mean([s[label] for s in samples]))
-    return scores
+            scores[f"[multi3dref] {group} F1@{label}"] = float(np.mean([f1[label] for f1 in group_f1s]))
+    keys = tuple(key for key, _, _ in samples)
+    units = TaskUnits("multi3dref", "mean", keys, np.array([f1[HEADLINE_IOU] for _, _, f1 in samples]))
+    return TaskEvaluation(scores, units)
+
+
+def multi3dref_metrics(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> MetricValues:
+    """The metric values of `multi3dref_evaluation`."""
+    return multi3dref_evaluation(predictions, context, options).metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from fast3d_cli.metrics.bleu import bleu_statistics
 from fast3d_cli.metrics.boxes import box_iou
 from fast3d_cli.metrics.captions import CAPTION_METRICS
 from fast3d_cli.metrics.context import (
@@ -17,7 +18,8 @@ from fast3d_cli.metrics.context import (
     require_predictions,
     row,
 )
-from fast3d_cli.metrics.grounding import IOU_THRESHOLDS
+from fast3d_cli.metrics.grounding import HEADLINE_IOU, IOU_THRESHOLDS
+from fast3d_cli.metrics.units import TaskEvaluation, TaskUnits
 
 
 def strip_sos_eos(text: str) -> str:
@@ -48,18 +50,10 @@ def _item_key(record: Prediction, pos: int) -> str:
     return f"{record_field(record, 'scene_id', pos)}|{record_int(record, 'gt_id', pos)}"
 
 
-def scan2cap_metrics(
-    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
-) -> MetricValues:
-    """Caption metrics @0.25/@0.50 over every corpus item (item key "scene_id|gt_id").
-
-    The candidate is the prediction if IoU(proposal[pred_id], GT[gt_id]) >= threshold, else the empty
-    caption; corpus items without a prediction get the empty caption. Wrapping in "sos ... eos" follows
-    `MetricOptions.scan2cap_sos_eos`. Without a corpus the records' ref_captions are the corpus (then
-    only predicted items are scored). A later record with the same key replaces an earlier one.
-    """
-    require_predictions("scan2cap", predictions)
-    mode = options.scan2cap_sos_eos
+def _scan2cap_references(
+    predictions: Sequence[Prediction], context: MetricContext, mode: str
+) -> tuple[dict[str, list[str]], bool]:
+    """(references per corpus item, whether candidates are sos/eos-wrapped) for the sos/eos ``mode``."""
     corpus = context.scan2cap_corpus
     if corpus is None:
         corpus = {
@@ -80,8 +74,18 @@ def scan2cap_metrics(
     references = {
         key: [strip_sos_eos(ref) if mode == "strip" else ref for ref in refs] for key, refs in corpus.items()
     }
-    empty = "sos eos" if wrap else ""
+    return references, wrap
 
+
+def _scan2cap_candidates(
+    predictions: Sequence[Prediction],
+    context: MetricContext,
+    references: Mapping[str, Sequence[str]],
+    mode: str,
+    wrap: bool,
+) -> dict[str, dict[str, str]]:
+    """Threshold label -> {predicted corpus item: the caption if IoU >= threshold, else the empty one}."""
+    empty = "sos eos" if wrap else ""
     candidates: dict[str, dict[str, str]] = {label: {} for label in IOU_THRESHOLDS}
     for pos, record in enumerate(predictions):
         scene_id = str(record_field(record, "scene_id", pos))
@@ -98,6 +102,25 @@ def scan2cap_metrics(
         caption = (f"sos {text} eos" if wrap else text).replace("\n", " ")
         for label, threshold in IOU_THRESHOLDS.items():
             candidates[label][key] = caption if iou >= threshold else empty
+    return candidates
+
+
+def scan2cap_evaluation(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> TaskEvaluation:
+    """Caption metrics @0.25/@0.50 over every corpus item (item key "scene_id|gt_id"); units: the corpus
+    items with their BLEU-4 statistics @0.50.
+
+    The candidate is the prediction if IoU(proposal[pred_id], GT[gt_id]) >= threshold, else the empty
+    caption; corpus items without a prediction get the empty caption. Wrapping in "sos ... eos" follows
+    `MetricOptions.scan2cap_sos_eos`. Without a corpus the records' ref_captions are the corpus (then
+    only predicted items are scored). A later record with the same key replaces an earlier one.
+    """
+    require_predictions("scan2cap", predictions)
+    mode = options.scan2cap_sos_eos
+    references, wrap = _scan2cap_references(predictions, context, mode)
+    candidates = _scan2cap_candidates(predictions, context, references, mode, wrap)
+    empty = "sos eos" if wrap else ""
 
     with context.scorer() as scorer:
         tokenized_refs = scorer.tokenize(references)
@@ -112,4 +135,14 @@ def scan2cap_metrics(
             cands = {key: tokenized[f"{label}#{key}"] for key in references}
             values = scorer.score_tokenized(tokenized_refs, cands)
             scores.update({f"[scan2cap] {name}@{label}": values[name] for name in CAPTION_METRICS})
-    return scores
+    keys = tuple(references)
+    headline_cands = {key: tokenized[f"{HEADLINE_IOU}#{key}"] for key in keys}
+    units = TaskUnits("scan2cap", "bleu4", keys, bleu_statistics(tokenized_refs, headline_cands, keys))
+    return TaskEvaluation(scores, units)
+
+
+def scan2cap_metrics(
+    predictions: Sequence[Prediction], context: MetricContext, options: MetricOptions
+) -> MetricValues:
+    """The metric values of `scan2cap_evaluation`."""
+    return scan2cap_evaluation(predictions, context, options).metrics

@@ -1,8 +1,9 @@
-"""Task registry: task name -> metric function, and `compute_metrics`."""
+"""Task registry: task name -> metric function / evaluation function, `compute_metrics` and
+`evaluate_task` (the metric values together with the headline units for the bootstrap)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fast3d_cli.metrics.context import (
     MetricContext,
@@ -12,9 +13,17 @@ from fast3d_cli.metrics.context import (
     MetricValues,
     Prediction,
 )
-from fast3d_cli.metrics.grounding import multi3dref_metrics, scanrefer_metrics
-from fast3d_cli.metrics.qa import scanqa_metrics, sqa3d_metrics
-from fast3d_cli.metrics.scan2cap import scan2cap_metrics
+from fast3d_cli.metrics.grounding import (
+    multi3dref_evaluation,
+    multi3dref_metrics,
+    scanrefer_evaluation,
+    scanrefer_metrics,
+)
+from fast3d_cli.metrics.qa import scanqa_evaluation, scanqa_metrics, sqa3d_evaluation, sqa3d_metrics
+from fast3d_cli.metrics.scan2cap import scan2cap_evaluation, scan2cap_metrics
+from fast3d_cli.metrics.units import TaskEvaluation
+
+EvaluationFunction = Callable[[Sequence[Prediction], MetricContext, MetricOptions], TaskEvaluation]
 
 TASK_METRICS: dict[str, MetricFunction] = {
     "scanrefer": scanrefer_metrics,
@@ -23,6 +32,14 @@ TASK_METRICS: dict[str, MetricFunction] = {
     "scanqa": scanqa_metrics,
     "sqa3d": sqa3d_metrics,
 }
+TASK_EVALUATIONS: dict[str, EvaluationFunction] = {
+    "scanrefer": scanrefer_evaluation,
+    "multi3dref": multi3dref_evaluation,
+    "scan2cap": scan2cap_evaluation,
+    "scanqa": scanqa_evaluation,
+    "sqa3d": sqa3d_evaluation,
+}
+"""Task -> function returning the metric values and the headline units from one per-sample pass."""
 CAPTION_TASKS = frozenset({"scan2cap", "scanqa", "sqa3d"})
 """Tasks that need a `CaptionScorer` (share one through `MetricContext.caption_scorer`)."""
 
@@ -42,3 +59,15 @@ def compute_metrics(
     if task not in TASK_METRICS:
         raise MetricsError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_METRICS)}")
     return TASK_METRICS[task](predictions, context or MetricContext(), options or MetricOptions())
+
+
+def evaluate_task(
+    task: str,
+    predictions: Sequence[Prediction],
+    context: MetricContext | None = None,
+    options: MetricOptions | None = None,
+) -> TaskEvaluation:
+    """`compute_metrics` plus the units of the task's headline metric (for the paired bootstrap)."""
+    if task not in TASK_EVALUATIONS:
+        raise MetricsError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_EVALUATIONS)}")
+    return TASK_EVALUATIONS[task](predictions, context or MetricContext(), options or MetricOptions())
