@@ -4,8 +4,9 @@ Usage: build a `MetricContext` (boxes, corpus, lookup, optionally one shared `Ca
 ``compute_metrics(task, predictions, context, MetricOptions())``. Values are fractions, like the official
 code (the README table multiplies by 100).
 
-``evaluate_task`` returns the same values together with the `TaskUnits` of the task's headline metric
-(per-unit sufficient statistics, for resampling).
+``evaluate_task`` returns the same values together with the `TaskUnits` of the task's headline metric;
+``paired_bootstrap_score_ratio(method_units_by_task, dense_units_by_task)`` turns the units of a method
+and of the dense run into the Score Ratio with a paired-bootstrap confidence interval (docs/bootstrap.md).
 """
 
 from fast3d_cli.metrics.answers import (
@@ -16,6 +17,13 @@ from fast3d_cli.metrics.answers import (
     valid_object_ids,
 )
 from fast3d_cli.metrics.bleu import BLEU_STAT_FIELDS, bleu_statistics, corpus_bleu4, weighted_bleu4
+from fast3d_cli.metrics.bootstrap import (
+    BOOTSTRAP_METHOD,
+    ScoreRatioBootstrap,
+    TaskRatioInterval,
+    bootstrap_counts,
+    paired_bootstrap_score_ratio,
+)
 from fast3d_cli.metrics.boxes import box_iou, pairwise_box_iou
 from fast3d_cli.metrics.captions import (
     CAPTION_METRICS,
@@ -54,6 +62,7 @@ from fast3d_cli.metrics.units import UNIT_STATISTICS, TaskEvaluation, TaskUnits,
 
 __all__ = [
     "BLEU_STAT_FIELDS",
+    "BOOTSTRAP_METHOD",
     "CAPTION_METRICS",
     "CAPTION_TASKS",
     "HEADLINE_METRICS",
@@ -70,10 +79,13 @@ __all__ = [
     "MetricValues",
     "MetricsError",
     "Prediction",
+    "ScoreRatioBootstrap",
     "TaskEvaluation",
+    "TaskRatioInterval",
     "TaskUnits",
     "answer_match",
     "bleu_statistics",
+    "bootstrap_counts",
     "box_iou",
     "clean_answer",
     "compute_metrics",
@@ -85,6 +97,7 @@ __all__ = [
     "multi3dref_f1",
     "multi3dref_metrics",
     "normalize_prediction",
+    "paired_bootstrap_score_ratio",
     "pairwise_box_iou",
     "parse_object_ids",
     "scan2cap_metrics",
