@@ -127,10 +127,17 @@ def multi3dref_f1(pred_boxes: np.ndarray, gt_boxes: np.ndarray, zero_target: boo
     }
 
 
-def multi3dref_samples(
-    predictions: Sequence[Prediction], context: MetricContext
-) -> list[tuple[str, str, dict[str, float]]]:
-    """(unit key, eval_type, F1 per threshold label) of each record (spec §6.2)."""
+@dataclass(frozen=True)
+class Multi3DReferSample:
+    """One Multi3DRefer record scored: its eval_type and F1 per threshold label."""
+
+    key: str
+    eval_type: str
+    f1: dict[str, float]
+
+
+def multi3dref_samples(predictions: Sequence[Prediction], context: MetricContext) -> list[Multi3DReferSample]:
+    """Score each record (spec §6.2)."""
     samples = []
     for pos, record in enumerate(predictions):
         scene_id = str(record_field(record, "scene_id", pos))
@@ -148,7 +155,7 @@ def multi3dref_samples(
         if eval_type not in ZERO_TARGET_TYPES and not gt_ids:
             raise MetricsError(f"prediction record {pos}: {eval_type} sample without GT objects")
         f1 = multi3dref_f1(proposals[pred_ids], gt_boxes, eval_type in ZERO_TARGET_TYPES)
-        samples.append((record_unit_key(record, pos), eval_type, f1))
+        samples.append(Multi3DReferSample(record_unit_key(record, pos), eval_type, f1))
     return samples
 
 
@@ -160,15 +167,15 @@ def multi3dref_evaluation(
     require_predictions("multi3dref", predictions)
     samples = multi3dref_samples(predictions, context)
     f1s: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for _, eval_type, f1 in samples:
-        f1s["all"].append(f1)
-        f1s[eval_type].append(f1)
+    for sample in samples:
+        f1s["all"].append(sample.f1)
+        f1s[sample.eval_type].append(sample.f1)
     scores: MetricValues = {}
     for group, group_f1s in f1s.items():
         for label in IOU_THRESHOLDS:
             scores[f"[multi3dref] {group} F1@{label}"] = float(np.mean([f1[label] for f1 in group_f1s]))
-    keys = tuple(key for key, _, _ in samples)
-    units = TaskUnits("multi3dref", "mean", keys, np.array([f1[HEADLINE_IOU] for _, _, f1 in samples]))
+    keys = tuple(sample.key for sample in samples)
+    units = TaskUnits("multi3dref", "mean", keys, np.array([sample.f1[HEADLINE_IOU] for sample in samples]))
     return TaskEvaluation(scores, units)
 
 
