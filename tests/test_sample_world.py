@@ -110,3 +110,30 @@ def test_obj_align_training_data_names_good_proposals(data_config: DataConfig) -
             bank.proposal_locs(sample.scene_id)[ids], bank.gt_attributes[sample.scene_id]["locs"]
         )
         assert (iou.max(1) >= 0.5).all()
+
+
+def test_rows_record_the_evidence_proposals(data_config: DataConfig) -> None:
+    bank = SceneBank(data_config, "val")
+    for task in ("scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d"):
+        rows = json.loads(data_config.annotation_path(task, "val").read_text())
+        for row in rows:
+            n = bank.proposal_locs(row["scene_id"]).shape[0]
+            assert "keywords" not in row and all(0 <= j < n for j in row["evidence"]), (task, row)
+    m3d = json.loads((data_config.root / "multi3dref_mask3d_val.json").read_text())
+    assert all(not r["evidence"] for r in m3d if r["eval_type"].startswith("zt"))
+    caps = json.loads((data_config.root / "scan2cap_mask3d_val.json").read_text())
+    assert all(r["pred_id"] in r["evidence"] for r in caps)
+
+
+def test_scanqa_answers_are_short_phrases_some_long_enough_for_bleu4(data_config: DataConfig) -> None:
+    answers = [a for s in load_samples(data_config, "scanqa", "val") for a in s.ref_captions]
+    lengths = [len(a.split()) for a in answers]
+    assert max(lengths) <= 5 and min(lengths) >= 1
+    assert sum(n >= 4 for n in lengths) >= 0.05 * len(lengths)
+
+
+@pytest.mark.skipif(not (REPO / "sample_data" / "world.json").is_file(), reason="no committed sample world")
+def test_committed_world_has_400_val_samples_per_task() -> None:
+    committed = json.loads((REPO / "sample_data" / "world.json").read_text())
+    assert committed["generator_version"] == 3
+    assert all(counts["val"] >= 400 for task, counts in committed["samples"].items() if "val" in counts)

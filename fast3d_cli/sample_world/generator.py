@@ -17,22 +17,28 @@ from fast3d_cli.sample_world import tasks as rows
 from fast3d_cli.sample_world.scene import FeatureModel, Scene, sample_scene
 from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
 class WorldSpec:
     seed: int = 0
     n_train_scenes: int = 72
-    n_val_scenes: int = 16
+    n_val_scenes: int = 24
     min_objects: int = 8
     max_objects: int = 40
     max_proposals: int = 100
     feat_dim: int = 64
     feature_noise: float = 0.35
-    val_samples_per_task: int = 160
+    val_samples_per_task: int = 440
     train_samples_per_task: int = 4000
     obj_align_per_scene: int = 60
+
+
+def file_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An annotation row as written: the Chat-Scene fields plus ``evidence`` (the proposals the answer
+    depends on; readers of the official format ignore it). ``keywords`` stay in memory (training only)."""
+    return {k: v for k, v in row.items() if k != "keywords"}
 
 
 def _scenes(spec: WorldSpec, rng: np.random.Generator) -> dict[str, list[Scene]]:
@@ -87,16 +93,27 @@ def _attributes(scenes: list[Scene], proposals: bool) -> dict[str, dict[str, Any
     return attrs
 
 
+def feature_model(spec: WorldSpec) -> FeatureModel:
+    """The world's fixed feature prototypes (shared by the committed scenes and the training stream)."""
+    return FeatureModel.create(np.random.default_rng(spec.seed + 1), spec.feat_dim, spec.feature_noise)
+
+
+def scene_features(model: FeatureModel, rng: np.random.Generator, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """[n_proposals, D] 3D features (float32) and 2D features (float16, as Chat-Scene stores them)."""
+    pairs = [model.features(rng, p, scene.room, scene.context_class(p)) for p in scene.proposals]
+    return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]).astype(np.float16)
+
+
 def _features(spec: WorldSpec, rng: np.random.Generator, scenes: list[Scene]):
     import torch
 
-    model = FeatureModel.create(np.random.default_rng(spec.seed + 1), spec.feat_dim, spec.feature_noise)
+    model = feature_model(spec)
     f3d, f2d = {}, {}
     for scene in scenes:
-        for j, proposal in enumerate(scene.proposals):
-            a, b = model.features(rng, proposal, scene.room)
-            f3d[feature_key(scene.scene_id, j)] = torch.from_numpy(a)
-            f2d[feature_key(scene.scene_id, j)] = torch.from_numpy(b).half()
+        a, b = scene_features(model, rng, scene)
+        for j in range(len(scene.proposals)):
+            f3d[feature_key(scene.scene_id, j)] = torch.from_numpy(a[j])
+            f2d[feature_key(scene.scene_id, j)] = torch.from_numpy(b[j])
     return f3d, f2d
 
 
@@ -127,10 +144,11 @@ def generate_world(out_dir: Path, spec: WorldSpec | None = None) -> dict[str, An
         for task, task_rows in _task_rows(rng, split_scenes, split, descs).items():
             if not (split == "val" and task == "scan2cap"):  # scan2cap val keeps every matched object
                 task_rows = _subsample(rng, task_rows, limit)
-            write_json(root / TASKS[task].annotation_file(split), task_rows, indent=1)
+            write_json(root / TASKS[task].annotation_file(split), [file_row(r) for r in task_rows], indent=1)
             counts.setdefault(task, {})[split] = len(task_rows)
         if split == "train":
             align = [r for s in split_scenes for r in rows.obj_align_rows(rng, s, spec.obj_align_per_scene)]
+            align = [file_row(r) for r in align]
             write_json(root / AUXILIARY_TASKS["obj_align"].annotation_file(split), align, indent=1)
             counts["obj_align"] = {"train": len(align)}
         write_pt(root / f"scannet_mask3d_{split}_attributes.pt", _attributes(split_scenes, proposals=True))

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS
+from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS, REGIONS
+
+NEAR_WALL = 0.22  # an object whose centre lies within this share of the room's width of a wall is "at" it
 
 
 def box_corners_min_max(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +66,7 @@ class Scene:
     room: np.ndarray  # (width, depth, height)
     objects: list[SceneObject]
     proposals: list[Proposal] = field(default_factory=list)
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def gt_boxes(self) -> np.ndarray:
@@ -74,8 +77,10 @@ class Scene:
         return np.stack([p.box for p in self.proposals]).astype(np.float32)
 
     def iou_matrix(self) -> np.ndarray:
-        """IoU [n_proposals, n_gt]."""
-        return pairwise_iou(self.proposal_boxes, self.gt_boxes)
+        """IoU [n_proposals, n_gt] (computed once; proposals are fixed once detected)."""
+        if "iou" not in self._cache:
+            self._cache["iou"] = pairwise_iou(self.proposal_boxes, self.gt_boxes)
+        return self._cache["iou"]
 
     def best_proposal(self, gt_id: int) -> tuple[int, float]:
         column = self.iou_matrix()[:, gt_id]
@@ -83,9 +88,34 @@ class Scene:
         return best, float(column[best])
 
     def nearest_neighbour(self, obj: SceneObject) -> SceneObject:
-        others = [o for o in self.objects if o.gt_id != obj.gt_id and o.cls != obj.cls]
-        others = others or [o for o in self.objects if o.gt_id != obj.gt_id]
-        return min(others, key=lambda o: float(np.linalg.norm((o.center - obj.center)[:2])))
+        """The nearest object of another class (of any class when all share one), in the floor plane."""
+        key = f"nb{obj.gt_id}"
+        if key not in self._cache:
+            others = [o for o in self.objects if o.gt_id != obj.gt_id and o.cls != obj.cls]
+            others = others or [o for o in self.objects if o.gt_id != obj.gt_id]
+            self._cache[key] = min(others, key=lambda o: float(np.hypot(*(o.center - obj.center)[:2])))
+        return self._cache[key]
+
+    def neighbour_of_box(self, box: np.ndarray) -> SceneObject:
+        """The object whose centre is nearest (in the floor plane) to ``box``'s centre."""
+        return min(self.objects, key=lambda o: float(np.hypot(*(o.center - box[:3])[:2])))
+
+    def context_class(self, proposal: Proposal) -> int:
+        """The class of what stands next to a proposal: its object's nearest neighbour (for a spurious box,
+        the object nearest to it). Multi-view 2D features of a crop see this context."""
+        if proposal.source >= 0:
+            return self.nearest_neighbour(self.objects[proposal.source]).cls
+        return self.neighbour_of_box(proposal.box).cls
+
+    def region(self, obj: SceneObject) -> str:
+        """Corner, wall or middle, from the object's centre relative to the room."""
+        relative = obj.center[:2] / self.room[:2]
+        near = int(((relative < NEAR_WALL) | (relative > 1 - NEAR_WALL)).sum())
+        return REGIONS[{2: 0, 1: 1, 0: 2}[near]]
+
+    def proposals_of(self, gt_ids: list[int] | set[int]) -> list[int]:
+        """Indices of the proposals detected from the given ground-truth objects."""
+        return [j for j, p in enumerate(self.proposals) if p.source in set(gt_ids)]
 
     def count(self, cls: int, colour: int | None = None) -> int:
         return sum(o.cls == cls and (colour is None or o.colour == colour) for o in self.objects)
@@ -147,6 +177,7 @@ class FeatureModel:
     position: np.ndarray
     scale: np.ndarray
     noise: float
+    context: float = 0.4
 
     @classmethod
     def create(cls, rng: np.random.Generator, dim: int, noise: float) -> FeatureModel:
@@ -165,14 +196,21 @@ class FeatureModel:
         )
 
     def features(
-        self, rng: np.random.Generator, proposal: Proposal, room: np.ndarray
+        self, rng: np.random.Generator, proposal: Proposal, room: np.ndarray, context_cls: int
     ) -> tuple[np.ndarray, ...]:
+        """3D: class + some colour + position + scale; 2D: colour + some class + some context (the class of
+        the neighbouring object, as a multi-view crop sees it); both with noise that grows with poor
+        localisation."""
         dim = self.class_3d.shape[1]
         geometry = (proposal.box[:3] / room) @ self.position * 0.8
         log_scale = np.log(proposal.box[3:] / np.array(CLASSES[proposal.cls].size)) @ self.scale * 0.5
         noise = self.noise / proposal.quality / np.sqrt(dim)
         f3d = self.class_3d[proposal.cls] + 0.3 * self.colour_3d[proposal.colour] + geometry + log_scale
-        f2d = self.colour_2d[proposal.colour] + 0.5 * self.class_2d[proposal.cls]
+        f2d = (
+            self.colour_2d[proposal.colour]
+            + 0.5 * self.class_2d[proposal.cls]
+            + self.context * self.class_2d[context_cls]
+        )
         f3d = f3d + rng.normal(0, noise, dim)
         f2d = f2d + rng.normal(0, noise, dim)
         return f3d.astype(np.float32), f2d.astype(np.float32)

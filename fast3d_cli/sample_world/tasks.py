@@ -65,6 +65,9 @@ def scanrefer_rows(
     rows = []
     for gt_id, texts in descs.items():
         best, iou = scene.best_proposal(gt_id)
+        obj = scene.objects[gt_id]
+        evidence = sorted({*scene.proposals_of([gt_id]), *([best] if split == "train" else [])})
+        extra = {"evidence": evidence, "keywords": [obj.colour_name, obj.name]}
         for text in texts:
             prompt = SCANREFER_PROMPTS[int(rng.integers(len(SCANREFER_PROMPTS)))].format(
                 desc=text.rstrip(".!?")
@@ -73,11 +76,11 @@ def scanrefer_rows(
             if split == "train":
                 if iou >= IOU_THRESHOLD:
                     rows.append(
-                        {"scene_id": scene.scene_id, "obj_id": best, "prompt": prompt, "caption": answer}
+                        {"scene_id": scene.scene_id, "obj_id": best, "prompt": prompt, "caption": answer, **extra}
                     )
             else:
                 rows.append(
-                    {"scene_id": scene.scene_id, "obj_id": gt_id, "prompt": prompt, "ref_captions": [answer]}
+                    {"scene_id": scene.scene_id, "obj_id": gt_id, "prompt": prompt, "ref_captions": [answer], **extra}
                 )
     return rows
 
@@ -126,6 +129,9 @@ def multi3dref_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[
         desc = rng.choice(["the {p}", "a {p} in the room", "{p}"]).format(p=phrase)
         prompt = MULTI3DREF_PROMPTS[int(rng.integers(len(MULTI3DREF_PROMPTS)))].format(desc=desc)
         row: Row = {"scene_id": scene.scene_id, "obj_id": 0, "prompt": prompt, "eval_type": eval_type}
+        first, _, rest = phrase.partition(" ")
+        keywords = [first, rest] if first in COLOURS else [phrase]  # (colour,) class name
+        row.update(evidence=scene.proposals_of(targets), keywords=keywords)
         if split == "train":
             best = [int(iou[:, t].argmax()) for t in targets]
             if any(iou[b, t] < IOU_THRESHOLD for b, t in zip(best, targets, strict=True)) or len(
@@ -158,6 +164,10 @@ def scan2cap_rows(
     def prompt(proposal: int) -> str:
         return SCAN2CAP_PROMPTS[int(rng.integers(len(SCAN2CAP_PROMPTS)))].format(obj=obj_token(proposal))
 
+    def evidence(proposal: int, gt_id: int) -> list[int]:  # the captioned box and the neighbour it names
+        neighbour = scene.nearest_neighbour(scene.objects[gt_id]).gt_id
+        return sorted({proposal, *scene.proposals_of([neighbour])})
+
     rows = []
     if split == "train":
         for gt_id, texts in descs.items():
@@ -172,6 +182,8 @@ def scan2cap_rows(
                     "prompt": prompt(best),
                     "caption": sentence_case(t),
                     "iou": iou,
+                    "evidence": evidence(best, gt_id),
+                    "keywords": [obj_token(best)],
                 }
                 for t in texts
             ]
@@ -185,6 +197,8 @@ def scan2cap_rows(
                 "prompt": prompt(proposal),
                 "ref_captions": [sentence_case(t) for t in descs[gt_id]],
                 "iou": iou,
+                "evidence": evidence(proposal, gt_id),
+                "keywords": [obj_token(proposal)],
             }
         )
     return rows
@@ -194,33 +208,55 @@ def _unique_class_objects(scene: Scene) -> list[SceneObject]:
     return [o for o in scene.objects if scene.count(o.cls) == 1]
 
 
-def _scanqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[tuple[str, list[str], SceneObject]]:
+def _unique_colour_objects(scene: Scene) -> list[SceneObject]:
+    return [o for o in scene.objects if sum(x.colour == o.colour for x in scene.objects) == 1]
+
+
+# (question, answers with the canonical one first, gt ids the answer depends on, words that name them)
+Question = tuple[str, list[str], list[int], list[str]]
+
+
+def _pick(rng: np.random.Generator, options: list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _scanqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[Question]:
+    colour_q = ["What color is the {c}?", "What is the color of the {c}?", "What colour is the {c} in the room?"]
     for obj in _unique_class_objects(scene):
-        q = rng.choice(
-            ["What color is the {c}?", "What is the color of the {c}?", "What colour is the {c} in the room?"]
-        )
-        yield q.format(c=obj.name), [obj.colour_name], obj
+        yield _pick(rng, colour_q).format(c=obj.name), [obj.colour_name], [obj.gt_id], [obj.name]
         nb = scene.nearest_neighbour(obj)
         if rng.random() < 0.5:
-            answer = nb.name if rng.random() < 0.8 else f"the {nb.name}"
-            yield f"What is next to the {obj.name}?", [answer], obj
-    for obj in scene.objects:
-        if sum(o.colour == obj.colour for o in scene.objects) == 1:
-            yield f"What is the {obj.colour_name} object?", [obj.name, f"{obj.colour_name} {obj.name}"], obj
+            where = _pick(rng, ["Where is the {c}?", "Where is the {c} located?"]).format(c=obj.name)
+            yield where, [scene.region(obj)], [obj.gt_id], [obj.name]
+        else:
+            next_to = _pick(rng, ["What is next to the {c}?", "What is the {c} next to?"]).format(c=obj.name)
+            yield next_to, [nb.name, CLASSES[nb.cls].plural], [obj.gt_id, nb.gt_id], [obj.name]
+    for obj in _unique_colour_objects(scene):
+        what = _pick(rng, ["What is the {c} object?", "What is the {c} thing in the room?"])
+        answers = [f"{obj.colour_name} {obj.name}", obj.name]
+        yield what.format(c=obj.colour_name), answers, [obj.gt_id], [obj.colour_name]
     for cls in sorted({o.cls for o in scene.objects}):
         members = scene.members(cls)
-        if 2 <= len(members) <= 5:
-            yield f"How many {CLASSES[cls].plural} are in the room?", [NUMBER_WORDS[len(members)]], members[0]
+        if 2 <= len(members) <= 5 and rng.random() < 0.6:
+            plural = CLASSES[cls].plural
+            answers = [NUMBER_WORDS[len(members)], f"{NUMBER_WORDS[len(members)]} {plural}"]
+            yield f"How many {plural} are in the room?", answers, [o.gt_id for o in members], [plural]
+
+
+def _qa_row(scene: Scene, prompt: str, answers: list[str], evidence: list[int], keywords: list[str], split: str) -> Row:
+    row: Row = {"scene_id": scene.scene_id, "prompt": prompt}
+    if split == "train":
+        row["caption"] = answers[0].capitalize() + "."
+    else:
+        row["ref_captions"] = answers
+    return {**row, "evidence": evidence, "keywords": keywords}
 
 
 def scanqa_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
     rows = []
-    for question, answers, obj in _scanqa_questions(rng, scene):
-        base = {"scene_id": scene.scene_id, "obj_id": obj.gt_id, "prompt": question + QA_SUFFIX}
-        if split == "train":
-            rows += [{**base, "caption": a.capitalize() + "."} for a in dict.fromkeys(answers)]
-        else:
-            rows.append({**base, "ref_captions": answers})
+    for question, answers, gt_ids, words in _scanqa_questions(rng, scene):
+        row = _qa_row(scene, question + QA_SUFFIX, answers, scene.proposals_of(gt_ids), words, split)
+        rows.append({"scene_id": scene.scene_id, "obj_id": gt_ids[0], **row})
     return rows
 
 
@@ -246,41 +282,45 @@ def _situation(rng: np.random.Generator, scene: Scene) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _sqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[tuple[str, str]]:
+def _sqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[Question]:
     present = sorted({o.cls for o in scene.objects})
-    for obj in _unique_class_objects(scene):
-        yield f"What color is the {obj.name} in front of me?", obj.colour_name
+    uniques = _unique_class_objects(scene)
+    for obj in uniques:
+        yield f"What color is the {obj.name} in front of me?", [obj.colour_name], [obj.gt_id], [obj.name]
         other = COLOURS[(obj.colour + int(rng.integers(1, len(COLOURS)))) % len(COLOURS)]
         colour = obj.colour_name if rng.random() < 0.5 else other
-        yield f"Does the {obj.name} have a {colour} color?", "yes" if colour == obj.colour_name else "no"
-    for cls in range(len(CLASSES)):
-        if cls in present or rng.random() < 0.3:
-            answer = "yes" if cls in present else "no"
-            yield f"Is there a {CLASSES[cls].name} in this room?", answer
+        answer = "yes" if colour == obj.colour_name else "no"
+        yield f"Does the {obj.name} have a {colour} color?", [answer], [obj.gt_id], [obj.name]
+    asked = [int(c) for c in present if rng.random() < 0.5]
+    absent = [c for c in range(len(CLASSES)) if c not in present]
+    asked += [int(c) for c in rng.permutation(absent)[: len(asked)]]  # as many "no" as "yes"
+    for cls in sorted(asked):
+        members = [o.gt_id for o in scene.members(cls)]
+        name = CLASSES[cls].name
+        yield f"Is there a {name} in this room?", ["yes" if members else "no"], members, [name]
     for cls in present:
         members = scene.members(cls)
         if 1 <= len(members) <= 5 and rng.random() < 0.6:
-            yield f"How many {CLASSES[cls].plural} are there?", NUMBER_WORDS[len(members)]
-    for obj in rng.permutation(len(scene.objects))[:3]:
-        o = scene.objects[int(obj)]
-        yield f"Can I sit on the {o.name}?", "yes" if CLASSES[o.cls].sittable else "no"
-    uniques = _unique_class_objects(scene)
-    for _ in range(min(3, len(uniques) // 2)):
-        i, j = rng.choice(len(uniques), size=2, replace=False)
-        a, b = uniques[int(i)], uniques[int(j)]
-        bigger = a if np.prod(a.size) > np.prod(b.size) else b
-        yield f"Which is bigger, the {a.name} or the {b.name}?", bigger.name
+            plural = CLASSES[cls].plural
+            yield f"How many {plural} are there?", [NUMBER_WORDS[len(members)]], [o.gt_id for o in members], [plural]
+    for obj in _unique_colour_objects(scene):
+        answer = "yes" if CLASSES[obj.cls].sittable else "no"
+        yield f"Can I sit on the {obj.colour_name} object?", [answer], [obj.gt_id], [obj.colour_name]
+    distinct = [o for o in uniques if sum(x.colour == o.colour for x in uniques) == 1]
+    for _ in range(min(3, len(distinct) // 2)):
+        i, j = rng.choice(len(distinct), size=2, replace=False)
+        a, b = distinct[int(i)], distinct[int(j)]
+        target = a if rng.random() < 0.5 else b
+        question = f"Which is {target.colour_name}, the {a.name} or the {b.name}?"
+        yield question, [target.name], [a.gt_id, b.gt_id], [target.colour_name, a.name, b.name]
 
 
 def sqa3d_rows(rng: np.random.Generator, scene: Scene, split: str) -> list[Row]:
     rows = []
-    for question, answer in _sqa_questions(rng, scene):
+    for question, answers, gt_ids, words in _sqa_questions(rng, scene):
         prompt = f"{_situation(rng, scene)} {question}{QA_SUFFIX}"
-        base = {"scene_id": scene.scene_id, "obj_id": 0, "prompt": prompt, "sqa_type": sqa_type(question)}
-        if split == "train":
-            rows.append({**base, "caption": answer.capitalize() + "."})
-        else:
-            rows.append({**base, "ref_captions": [answer]})
+        row = _qa_row(scene, prompt, answers, scene.proposals_of(gt_ids), words, split)
+        rows.append({"scene_id": scene.scene_id, "obj_id": 0, **row, "sqa_type": sqa_type(question)})
     return rows
 
 
@@ -306,6 +346,13 @@ def obj_align_rows(rng: np.random.Generator, scene: Scene, n_rows: int, max_obje
             f"{t} is a {o.colour_name} {o.name}." for t, o in zip(tokens, objects, strict=True)
         )
         rows.append(
-            {"scene_id": scene.scene_id, "obj_id": objects[0].gt_id, "prompt": prompt, "caption": caption}
+            {
+                "scene_id": scene.scene_id,
+                "obj_id": objects[0].gt_id,
+                "prompt": prompt,
+                "caption": caption,
+                "evidence": picks,
+                "keywords": tokens,
+            }
         )
     return rows

@@ -86,6 +86,9 @@ SCAN2CAP_PROMPTS: tuple[str, ...] = (
 
 QA_SUFFIX = " Answer the question using a single word or phrase."
 
+REGIONS: tuple[str, ...] = ("in corner of room", "against wall of room", "in middle of room")
+"""Where an object stands in its room (ScanQA-style answers: no articles, which the metric would strip)."""
+
 OBJ_ALIGN_PROMPTS: tuple[str, ...] = (
     "What are the objects {ids}?",
     "Describe the objects {ids}.",

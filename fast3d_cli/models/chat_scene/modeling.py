@@ -75,14 +75,23 @@ class ChatSceneModel(nn.Module):
     def device(self) -> torch.device:
         return self.object_proj[0].weight.device
 
-    def object_embeddings(self, feats_3d: torch.Tensor, feats_2d: torch.Tensor) -> torch.Tensor:
-        """[B, 100, D3], [B, 100, D2] -> [B, 300, H]: per object (identifier, 3D, 2D) (spec §1.4)."""
+    def object_embeddings(
+        self, feats_3d: torch.Tensor, feats_2d: torch.Tensor, object_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, N, D3], [B, N, D2] -> [B, 3N, H]: per object (identifier, 3D, 2D) (spec §1.4).
+
+        Slot j carries identifier <OBJj> (Chat-Scene's layout, N = 100). ``object_ids`` [B, N] names another
+        identifier per slot instead; the sample model's training curriculum uses it for short object lists.
+        """
         batch, n_obj = feats_3d.shape[:2]
         dtype = self.object_proj[0].weight.dtype
-        ids = self.embed_tokens(self.obj_token_ids[:n_obj].to(self.device))
+        if object_ids is None:
+            ids = self.embed_tokens(self.obj_token_ids[:n_obj].to(self.device)).expand(batch, -1, -1)
+        else:
+            ids = self.embed_tokens(self.obj_token_ids.to(self.device)[object_ids.to(self.device)])
         p3 = self.object_proj(F.normalize(feats_3d.to(self.device, dtype), dim=-1))
         p2 = self.object_img_proj(F.normalize(feats_2d.to(self.device, dtype), dim=-1))
-        triplets = torch.stack([ids.to(p3.dtype).expand(batch, -1, -1), p3, p2], dim=2)
+        triplets = torch.stack([ids.to(p3.dtype), p3, p2], dim=2)
         return triplets.reshape(batch, n_obj * 3, -1)
 
     def build_inputs(
@@ -91,6 +100,7 @@ class ChatSceneModel(nn.Module):
         feats_3d: torch.Tensor,
         feats_2d: torch.Tensor,
         answers: Sequence[str] | None = None,
+        object_ids: torch.Tensor | None = None,
     ) -> ModelInputs:
         """Embed a batch into the Chat-Scene layout, left-padded (with ``answers``: labels too)."""
         user_ids = [self.layout.user_ids(p) for p in prompts]
@@ -102,6 +112,7 @@ class ChatSceneModel(nn.Module):
             feats_3d,
             feats_2d,
             [len(a) for a in answer_ids],
+            object_ids,
         )
         if answers is None:
             inputs.labels = None
@@ -125,10 +136,11 @@ class ChatSceneModel(nn.Module):
         feats_3d: torch.Tensor,
         feats_2d: torch.Tensor,
         n_labels: Sequence[int],
+        object_ids: torch.Tensor | None = None,
     ) -> ModelInputs:
         """[p_0 | objects | p_1 | text] per sample, left-padded; the last n_labels[i] tokens are labels."""
         layout = self.layout
-        objects = self.object_embeddings(feats_3d, feats_2d)
+        objects = self.object_embeddings(feats_3d, feats_2d, object_ids)
         head, tail = self._embed(layout.prefix_ids), self._embed(layout.suffix_ids)
         sequences = [torch.cat([head, objects[i], tail, self._embed(ids)]) for i, ids in enumerate(text_ids)]
         batch, length = len(sequences), max(s.shape[0] for s in sequences)
