@@ -1,84 +1,54 @@
-"""Train the tiny sample model: a small Llama + Chat-Scene projections on the sample train split.
+"""Train the sample model: a small Llama + Chat-Scene projections, on an unlimited stream of fresh scenes.
 
-Reproducible: fixed seed, fixed number of steps, single-threaded data order. Run it with
-``fast3d sample train-model`` (about 20 minutes on 2 idle CPU cores; faster on a GPU).
+The recipe (``recipe.py``): a curriculum from 2-object scenes in short object lists to Chat-Scene's exact
+100-slot layout, a scaffold initialisation of three heads (``scaffold.py``), and attention-supervision losses
+whose targets are the world's evidence objects (``losses.py``). Reproducible: a batch is a pure function of
+(seed, step), so a run killed at any point and resumed from its last checkpoint ends with the same weights.
+Run it with ``fast3d sample train-model``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from fast3d_cli.data import DataConfig, SceneBank, load_samples
-from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
+import numpy as np
 
+from fast3d_cli.data import DataConfig
+from fast3d_cli.errors import UserError
+from fast3d_cli.sample_model.recipe import TrainSpec
+from fast3d_cli.sample_world.generator import GENERATOR_VERSION, WorldSpec
 
-@dataclass(frozen=True)
-class TrainSpec:
-    seed: int = 0
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    # With head_dim 32 and RoPE base 1e4 only ~4 of 16 rotary frequencies are slow enough for content
-    # matching across the 300-token object list (a question word finding its object); base 1e6 keeps ~8.
-    rope_theta: float = 1e6
-    batch_size: int = 8
-    steps: int = 3000
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    log_every: int = 50
-    eval_every: int = 500
-    eval_samples: int = 48
+Log = Callable[[str], None]
+CHECKPOINT_DIR = "checkpoint"
 
 
-def _vocabulary_texts(samples, config) -> list[str]:
-    from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS, NUMBER_WORDS
-
-    texts = [config.system_prompt, config.instruction.replace("<REPLACE>", " "), " ".join(config.roles)]
-    texts += [" ".join(c.name for c in CLASSES), " ".join(c.plural for c in CLASSES), " ".join(COLOURS)]
-    texts += [" ".join(NUMBER_WORDS), "yes no Yes No"]
-    for s in samples:
-        texts.append(s.prompt)
-        if s.caption:
-            texts.append(s.caption)
-    return texts
-
-
-def _teacher_forced_accuracy(model, bank, samples) -> dict[str, float]:
-    """First-answer-token and whole-answer accuracy of teacher-forced predictions (a cheap learning probe)."""
-    import torch
-
-    feats = [bank.object_features(s.scene_id) for s in samples]
-    answers = [_probe_answer(s) for s in samples]
-    with torch.no_grad():
-        inputs = model.build_inputs(
-            [s.prompt for s in samples],
-            torch.stack([f[0] for f in feats]),
-            torch.stack([f[1] for f in feats]),
-            answers=answers,
+def load_world_spec(data: DataConfig) -> WorldSpec:
+    """The committed world's spec (``world.json`` beside the annotations); another generator version is
+    refused: the stream would not match the world the model is evaluated on."""
+    path = Path(data.root).parent / "world.json"
+    if not path.is_file():
+        raise UserError(f"no world.json beside {data.root}: train-model needs a sample world (fast3d sample build-world)")
+    try:
+        world = json.loads(path.read_text())
+        version, spec = world["generator_version"], world["spec"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if version != GENERATOR_VERSION:
+        raise UserError(
+            f"{path} was written by sample-world generator version {version}; this fast3d trains on version "
+            f"{GENERATOR_VERSION} (rebuild it with fast3d sample build-world)"
         )
-        predicted = model(inputs).logits[:, :-1].argmax(-1)
-    labels = inputs.labels[:, 1:]
-    answer_mask = labels != -100
-    correct = (predicted == labels) | ~answer_mask
-    first = [int(correct[i, int(inputs.answer_start[i]) - 1]) for i in range(len(samples))]
-    return {"first_token": sum(first) / len(first), "whole_answer": correct.all(1).float().mean().item()}
+    return WorldSpec(**spec)
 
 
-def _probe_answer(sample) -> str:
-    reference = sample.ref_captions[0]
-    return reference if reference.endswith(".") else reference.capitalize() + "."
-
-
-def _lr_lambda(spec: TrainSpec):
+def _lr_factor(spec: TrainSpec) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < spec.warmup_steps:
             return (step + 1) / spec.warmup_steps
@@ -88,25 +58,9 @@ def _lr_lambda(spec: TrainSpec):
     return factor
 
 
-def train_sample_model(out_dir: Path, data: DataConfig | None = None, spec: TrainSpec | None = None) -> Path:
-    import torch
-
+def build_model(spec: TrainSpec, tokenizer: Any, feat_dims: tuple[int, int]) -> Any:
     from fast3d_cli.models.chat_scene import ChatSceneConfig, ChatSceneModel
-    from fast3d_cli.models.chat_scene.io import save_pretrained
-    from fast3d_cli.sample_model.tokenizer import build_tokenizer
 
-    data = data or DataConfig()
-    spec = spec or TrainSpec()
-    torch.manual_seed(spec.seed)
-    samples = [s for task in [*TASKS, *AUXILIARY_TASKS] for s in load_samples(data, task, "train")]
-    bank = SceneBank(data, "train")
-    val_bank = SceneBank(data, "val")
-    probes = {  # multi3dref val answers are GT ids, not text: it has no teacher-forced probe
-        task: load_samples(data, task, "val")[: spec.eval_samples] for task in TASKS if task != "multi3dref"
-    }
-    d3, d2 = bank.feature_dims
-    base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
-    tokenizer = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": spec.hidden_size,
@@ -122,61 +76,71 @@ def train_sample_model(out_dir: Path, data: DataConfig | None = None, spec: Trai
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    config = ChatSceneConfig(text_config=text_config, feat_dim_3d=d3, feat_dim_2d=d2)
-    model = ChatSceneModel(config, tokenizer)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
-    generator = torch.Generator().manual_seed(spec.seed)
-    order: list[int] = []
-    log = []
-    start = time.time()
-    for step in range(spec.steps):
-        if len(order) < spec.batch_size:
-            order += torch.randperm(len(samples), generator=generator).tolist()
-        batch = [samples[i] for i in order[: spec.batch_size]]
-        del order[: spec.batch_size]
-        feats = [bank.object_features(s.scene_id) for s in batch]
-        inputs = model.build_inputs(
-            [s.prompt for s in batch],
-            torch.stack([f[0] for f in feats]),
-            torch.stack([f[1] for f in feats]),
-            answers=[s.caption for s in batch],
-        )
-        loss = model(inputs).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        if step % spec.log_every == 0 or step == spec.steps - 1:
-            entry = {
-                "step": step,
-                "loss": round(loss.item(), 4),
-                "lr": scheduler.get_last_lr()[0],
-                "elapsed_s": round(time.time() - start, 1),
-            }
-            if step % spec.eval_every == 0 or step == spec.steps - 1:
-                model.eval()
-                entry["val_accuracy"] = {
-                    t: _teacher_forced_accuracy(model, val_bank, s) for t, s in probes.items()
-                }
-                model.train()
-            log.append(entry)
-            print(json.dumps(entry), file=sys.stderr, flush=True)
-    model.eval()
-    save_pretrained(model, out_dir)
-    summary = {
-        "spec": asdict(spec),
-        "train_samples": len(samples),
-        "seconds": round(time.time() - start, 1),
-        "log": log,
-        "torch": torch.__version__,
-    }
-    (out_dir / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return out_dir
+    config = ChatSceneConfig(text_config=text_config, feat_dim_3d=feat_dims[0], feat_dim_2d=feat_dims[1])
+    return ChatSceneModel(config, tokenizer)
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json")
+
+
+def prepare_output(out_dir: Path, spec: TrainSpec, overwrite: bool) -> bool:
+    """Check ``out_dir`` before training; True when it holds an interrupted run of this recipe to resume.
+
+    A folder that holds a finished model, an interrupted run of another recipe, or anything else is refused
+    (``UserError``) unless ``overwrite``; then the interrupted run is discarded (a finished model is only
+    replaced when the new one is saved).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder")
+    state_path = out_dir / CHECKPOINT_DIR / "state.json"
+    if state_path.is_file():
+        if _checkpoint_spec(state_path) == json.loads(json.dumps(spec.to_dict())):
+            return True
+        if not overwrite:
+            raise UserError(
+                f"{out_dir} holds an interrupted training run with another recipe; pass --overwrite to discard it"
+            )
+        shutil.rmtree(out_dir / CHECKPOINT_DIR)
+        return False
+    if (out_dir / "config.json").is_file() and not overwrite:
+        raise UserError(f"{out_dir} already holds a model; pass --overwrite to replace it")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {*MODEL_FILES, CHECKPOINT_DIR}) if out_dir.is_dir() else []
+    if foreign and not overwrite:
+        raise UserError(f"{out_dir} is not empty ({', '.join(foreign[:3])}); choose an empty folder or pass --overwrite")
+    return False
+
+
+def _checkpoint_spec(state_path: Path) -> Any:
+    try:
+        return json.loads(state_path.read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def train_sample_model(
+    out_dir: Path, data: DataConfig | None = None, spec: TrainSpec | None = None, log: Log | None = None,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
+    """Train into ``out_dir``, resuming an interrupted run of the same recipe there; returns ``out_dir``."""
+    from fast3d_cli.sample_model.trainer import Trainer
+
+    data = data or DataConfig()
+    spec = spec or TrainSpec()
+    world = load_world_spec(data)
+    prepare_output(Path(out_dir), spec, overwrite)
+    Trainer(Path(out_dir), data, spec, world, log or _stderr).run()
+    return Path(out_dir)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def batch_rng(world: WorldSpec, spec: TrainSpec, step: int) -> np.random.Generator:
+    """The generator of step ``step``'s batch: the batch depends on (world seed, stream seed, step) alone."""
+    return np.random.default_rng([world.seed, spec.stream_seed, step])
+
+
+def elapsed(start: float) -> float:
+    return round(time.time() - start, 1)
