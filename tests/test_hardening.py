@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -378,6 +379,12 @@ def test_checkpoints_need_trust_to_run_code(capsys, inputs, data_config, tmp_pat
     args[1] = str(tmp_path / "evil.pth")
     error = refused(capsys, *args, message="loading it calls posix.system, which could run arbitrary code")
     assert "--trust-checkpoint" in error and not marker.exists() and not (tmp_path / "evil.zarr").exists()
+    with open(tmp_path / "evil-plain.pth", "wb") as handle:  # a plain pickle: torch's legacy reader path
+        pickle.dump({"model_state_dict": {}, "payload": WritesAFile(marker)}, handle)
+    args[1] = str(tmp_path / "evil-plain.pth")
+    refused(capsys, *args, message="loading it calls posix.system, which could run arbitrary code")
+    assert not marker.exists() and not (tmp_path / "evil.zarr").exists()
+    args[1] = str(tmp_path / "evil.pth")
 
     base_llm = tmp_path / "vicuna"  # never reached: the checkpoint is refused first
     base_llm.mkdir()
