@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import DeviceOption, JsonOption, emit
+from fast3d_cli.cli.common import DeviceOption, JsonOption, check_device, check_output_location, emit
 
 
 def demo_command(
@@ -36,6 +36,8 @@ def demo_command(
 
     if not 0 < target < 100:
         raise UserError(f"--target must be in (0, 100), got {target}")
+    check_device(device)
+    check_output_location(output)
     settings = DemoSettings(
         train_limit=train_limit,
         epochs=epochs,

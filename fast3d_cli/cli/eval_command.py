@@ -19,6 +19,9 @@ from fast3d_cli.cli.common import (
     LoraAlphaOption,
     ModelOption,
     TrustCheckpointOption,
+    check_choice,
+    check_device,
+    check_output_location,
     data_config,
     emit,
     model_source,
@@ -137,14 +140,18 @@ def eval_command(
     """
     from fast3d_cli.cli.progress import TaskProgress, print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
-    from fast3d_cli.generation import GenerationConfig
+    from fast3d_cli.evaluation.runner import EvalSettings
+    from fast3d_cli.generation.config import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
+    from fast3d_cli.models.loading import DTYPES
     from fast3d_cli.pruning.methods import validate
 
+    # every option is checked here, before anything imports torch or transformers
     task_names = parse_tasks(tasks)
     (split_name,) = parse_splits(split)
-    MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)  # validates the choice before any work
+    MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)
+    check_device(device)
+    check_choice("--dtype", dtype, DTYPES)
     data = data_config(config, data_root)
     settings = EvalSettings(
         tasks=tuple(task_names),
@@ -160,10 +167,16 @@ def eval_command(
             method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, skip_padding, force
         ),
     )
-    validate(settings.pruning, None)  # bad pruning options fail before the model is read
+    validate(settings.pruning, None)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
-    output = output or Path(f"runs/eval-{method}")
+    output = check_output_location(output or Path(f"runs/eval-{method}"))
+    baseline = baseline or output.parent / "eval-none"
+    if settings.pruning.method != "none":
+        check_output_location(baseline, "--baseline")
     fingerprint = source.fingerprint()
+
+    from fast3d_cli.evaluation.runner import run_pruned_eval
+
     target = source.load(device=device, dtype=dtype)
     with TaskProgress() as progress:
         result = run_pruned_eval(
@@ -172,7 +185,7 @@ def eval_command(
             data,
             settings,
             output,
-            baseline or output.parent / "eval-none",
+            baseline,
             overwrite=overwrite,
             progress=progress.update,
         )

@@ -13,11 +13,14 @@ from fast3d_cli.cli.common import (
     DeviceOption,
     JsonOption,
     TrustCheckpointOption,
+    check_device,
+    check_output_location,
     command_line,
     data_config,
     emit,
     path_or_stdin,
 )
+from fast3d_cli.errors import UserError
 
 
 class TrainingBar:
@@ -141,6 +144,10 @@ def train_gap_command(
     mixed_precision: Annotated[
         str, typer.Option("--mixed-precision", help="auto (bf16 on CUDA), no, bf16.")
     ] = "auto",
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only the first N samples of each task and split in the stores."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a training run made with other stores, data or settings.")
     ] = False,
@@ -156,8 +163,9 @@ def train_gap_command(
     """
     from fast3d_cli.data.tasks import parse_tasks
     from fast3d_cli.gap.sources import read_config_overrides
-    from fast3d_cli.gap.training import TrainSettings, train_gap
+    from fast3d_cli.gap.training import TrainSettings
 
+    # every option is checked here, before anything imports torch or transformers
     settings = TrainSettings(
         tasks=tuple(parse_tasks(tasks)) if tasks else None,
         epochs=epochs,
@@ -173,10 +181,19 @@ def train_gap_command(
         target=target,
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
+        limit=limit,
     )
+    check_device(device)
+    check_output_location(output)
+    for folder, option in ((text_encoder, "--text-encoder"), (tokenizer, "--tokenizer")):
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{option} folder not found: {folder}")
     stores = [path_or_stdin(store, "STORE") for store in stores]
     data = data_config(config, data_root)
     overrides = read_config_overrides(gap_config)
+
+    from fast3d_cli.gap.training import train_gap
+
     with TrainingBar() as bar:
         result = train_gap(
             stores,
@@ -220,6 +237,9 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N samples of each task and split.")
+    ] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="auto (bf16 autocast on CUDA), float32, bfloat16.")
     ] = "auto",
@@ -239,21 +259,28 @@ def predict_command(
     """
     from fast3d_cli.cli.progress import TaskProgress
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.gap.predict import PredictSettings, predict
+    from fast3d_cli.gap.predict import PredictSettings
     from fast3d_cli.gap.sources import GAPSource
-    from fast3d_cli.launch import distributed_context
 
+    # every option is checked here, before anything imports torch or transformers
     settings = PredictSettings(
         tasks=tuple(parse_tasks(tasks)),
         splits=tuple(parse_splits(split)),
         batch_size=batch_size,
         chunk_size=chunk_size,
         dtype=dtype,
+        limit=limit,
     )
+    check_device(device)
+    check_output_location(output)
     data = data_config(config, data_root)
     source = GAPSource.from_path(
         path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config, trust_checkpoint=trust_checkpoint
     )
+
+    from fast3d_cli.gap.predict import predict
+    from fast3d_cli.launch import distributed_context
+
     with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
         result = predict(
             source,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import JsonOption, emit
+from fast3d_cli.cli.common import JsonOption, emit, path_or_stdin
 
 
 def info_command(
@@ -24,8 +23,7 @@ def info_command(
 
     from fast3d_cli.stores import open_store
 
-    if str(store) == "-":
-        store = Path(sys.stdin.readline().strip())
+    store = path_or_stdin(store, "STORE")
     summary = open_store(store).summary()
     if as_json:
         emit(store, summary, as_json=True)

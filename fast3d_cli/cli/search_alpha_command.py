@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit
-from fast3d_cli.errors import UserError
+from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit, path_or_stdin
 
 
 def search_alpha_command(
@@ -57,11 +55,7 @@ def search_alpha_command(
     from fast3d_cli.data.tasks import parse_tasks
     from fast3d_cli.pruning.alpha_search import search_alpha
 
-    if str(store) == "-":
-        line = sys.stdin.readline().strip()
-        if not line:
-            raise UserError("no store path on stdin (STORE is '-')")
-        store = Path(line)
+    store = path_or_stdin(store, "STORE")
     names = None if tasks is None or tasks.strip() in ("", "all") else parse_tasks(tasks)
     padding = data_config(config, data_root) if skip_padding else None
     result = search_alpha(

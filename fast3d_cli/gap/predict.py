@@ -41,6 +41,13 @@ class PredictSettings:
     batch_size: int = 64
     chunk_size: int = 64
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    limit: int | None = None  # first N samples of each task/split (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown --dtype {self.dtype!r} for predict; choose {', '.join(DTYPES)}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
 
     def aggregation(self, gap_fingerprint: str, precision: str) -> dict[str, Any]:
         """What the scores mean; part of the store identity (a rerun with other values is refused)."""
@@ -53,9 +60,10 @@ class PredictSettings:
         }
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
 def _precision(dtype: str, device: str) -> str:
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"unknown --dtype {dtype!r} for predict; choose auto, float32 or bfloat16")
     if dtype == "bfloat16" and not device.startswith("cuda"):
         raise UserError("bfloat16 (autocast) prediction is for CUDA only")
     if dtype == "auto":
@@ -132,7 +140,8 @@ def predict(
     description = source.describe()
     precision = _precision(settings.dtype, device)
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
-    samples = {f"{t}/{s}": load_samples(data, t, s) for t in settings.tasks for s in settings.splits}
+    keys = [(t, s) for t in settings.tasks for s in settings.splits]
+    samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
     for key, rows in samples.items():
         if not rows:
             raise UserError(f"{key} has no samples")

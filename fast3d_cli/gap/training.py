@@ -49,6 +49,7 @@ from fast3d_cli.errors import UserError
 from fast3d_cli.gap.configuration import GAPConfig
 from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
 from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
+from fast3d_cli.records import changed_fields, describe_change
 
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -92,33 +93,44 @@ class TrainSettings:
     target: str = "object_scores"
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU
     eval_batch_size: int = 64
+    limit: int | None = None  # only the first N samples of each task/split in the stores (quick runs)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.limit is not None and self.limit < 1:
+            problems.append("--limit must be >= 1")
         if self.epochs < 1:
-            problems.append("epochs must be >= 1")
+            problems.append("--epochs must be >= 1")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            problems.append("batch sizes must be >= 1")
+            problems.append("--batch-size and --eval-batch-size must be >= 1")
         if self.lr <= 0 or (self.text_lr is not None and self.text_lr < 0):
-            problems.append("learning rates must be positive")
+            problems.append("--lr must be > 0 and --text-lr >= 0")
         if self.warmup_epochs < 0:
-            problems.append("warmup must be >= 0 epochs")
+            problems.append("--warmup-epochs must be >= 0")
         if not 0.0 <= self.min_lr_multi <= 1.0:
             problems.append("min_lr_multi must be in [0, 1]")
         if self.select_on not in SELECT_SETS:
-            problems.append(f"select_on must be one of {', '.join(SELECT_SETS)}, not {self.select_on!r}")
+            problems.append(f"--select-on must be one of {', '.join(SELECT_SETS)}, not {self.select_on!r}")
         if self.select_metric not in SELECT_METRICS:
             problems.append(
-                f"select metric must be one of {', '.join(SELECT_METRICS)}, not {self.select_metric!r}"
+                f"--select-metric must be one of {', '.join(SELECT_METRICS)}, not {self.select_metric!r}"
             )
         if self.select_on == "holdout" and not 0.0 < self.holdout < 1.0:
-            problems.append(f"holdout must be in (0, 1) when selecting on it, not {self.holdout}")
+            problems.append(f"--holdout must be in (0, 1) when selecting on it, not {self.holdout}")
         if self.select_on == "val" and self.evaluate_val is False:
-            problems.append("selecting on val needs the val evaluation")
+            problems.append("--select-on val needs the val evaluation (not --no-val)")
         if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}")
+            choices = ", ".join(MIXED_PRECISION)
+            problems.append(f"--mixed-precision must be one of {choices}, not {self.mixed_precision!r}")
         if problems:
             raise UserError("invalid training settings: " + "; ".join(problems))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings part of the run identity (``limit`` only when given: earlier runs stay resumable)."""
+        data = asdict(self)
+        if data["limit"] is None:
+            data.pop("limit")
+        return data
 
     def resolved_text_lr(self, pretrained: bool) -> float:
         if self.text_lr is not None:
@@ -506,10 +518,10 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> di
     found = record.get("identity") if record else checkpoint_identity
     if found is not None and found != identity:
         if not overwrite:
-            changed = sorted(k for k in identity if identity.get(k) != found.get(k)) or ["settings"]
+            changed = changed_fields(found, identity) or ["settings"]
             raise UserError(
-                f"{out} holds a training run with other {', '.join(changed)}; use --overwrite to replace it "
-                "or choose another output"
+                f"{out} holds a training run with another {describe_change(found, identity, changed[0])}; "
+                "use --overwrite to replace it or choose another output"
             )
         return {"overwrite": True}
     if record is not None and record.get("complete") and found == identity:
@@ -581,7 +593,7 @@ def train_gap(
     tasks_hint = list(settings.tasks) if settings.tasks else None
     optional = () if settings.evaluate_val is False else ("val",)
     required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
-    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target)
+    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target, settings.limit)
     use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
     banks = {"train": SceneBank(data, "train"), "val": SceneBank(data, "val")}
     network = resolve_network(
@@ -613,7 +625,7 @@ def train_gap(
                 "model": tset.model,
                 "data": tset.data,
                 "tasks": list(tset.tasks),
-                "settings": asdict(settings),
+                "settings": settings.identity(),
                 "gap_config": config.to_dict(),
                 "text_encoder": _dir_fingerprint(text_encoder) if text_encoder else None,
                 "tokenizer": network.tokenizer_source.get("fingerprint"),
