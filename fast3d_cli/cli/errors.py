@@ -104,10 +104,27 @@ def click_error_line(err: Any, defaults: FileDefaults) -> str:
 
 
 def os_error_line(err: OSError) -> str | None:
-    """The one line for an OS error a user caused (None: not one of those, a bug to show in full)."""
+    """The one line for an OS error a user caused (None: not one of those, a bug to show in full).
+
+    A failed ``write()`` or ``close()`` (a full disk) carries no file name: the line then names the output
+    the command was given (``--output``, else its STORE), which is where it was writing.
+    """
     if err.errno not in USER_ERRNOS:
         return None
     reason = err.strerror or errno.errorcode.get(err.errno or 0, "OS error")
     paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
-    where = " -> ".join(paths) if paths else "an output or input file"
+    if paths:
+        return f"fast3d: error: {' -> '.join(paths)}: {reason}"
+    output = _command_output()
+    where = f"writing {output}" if output else "writing the output"
     return f"fast3d: error: {where}: {reason}"
+
+
+def _command_output() -> str | None:
+    """The output path the running command was given, if any."""
+    ctx = _last_context[0] if _last_context else None
+    params = getattr(ctx, "params", None) or {}
+    for name in ("output", "store"):
+        if params.get(name) is not None and str(params[name]) != "-":
+            return str(params[name])
+    return None

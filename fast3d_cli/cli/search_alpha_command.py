@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit, path_or_stdin
+from fast3d_cli.errors import UserError
 
 
 def search_alpha_command(
@@ -84,6 +85,6 @@ def search_alpha_command(
         console.print(
             "[dim]note: alpha is chosen on the split it is evaluated on (official, spec §8.13)[/dim]"
         )
-    if result.record_error:
-        console.print(f"[yellow]warning:[/yellow] {escape(result.record_error)}")
+    if result.record_error:  # the alpha is shown above, but eval --alpha auto cannot find it: a failure
+        raise UserError(f"{result.record_error}; nothing was recorded (eval --alpha auto needs the record)")
     emit(store, result.to_dict(), as_json)

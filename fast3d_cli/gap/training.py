@@ -45,7 +45,8 @@ import numpy as np
 
 from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank
-from fast3d_cli.errors import UserError
+from fast3d_cli.data.formats import torch_save
+from fast3d_cli.errors import UserError, naming_os_errors, removed_on_error
 from fast3d_cli.gap.configuration import GAPConfig
 from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
 from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
@@ -420,11 +421,12 @@ def _fsync_dir(path: Path) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -463,16 +465,16 @@ def load_training_checkpoint(out: Path) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
-    import torch
 
     directory = Path(out) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{payload['step']:08d}.pt"
     tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        torch_save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(directory)
     for old in checkpoint_paths(out):
         if old != path:
@@ -750,7 +752,7 @@ def train_gap(
     def log(line: dict[str, Any]) -> None:
         state["metrics_lines"] += 1
         if main:
-            with open(out / METRICS_NAME, "a") as handle:
+            with naming_os_errors(out / METRICS_NAME), open(out / METRICS_NAME, "a") as handle:
                 handle.write(json.dumps(line) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())

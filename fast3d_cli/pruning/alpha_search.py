@@ -347,7 +347,8 @@ def search_alpha(
 
 
 def _record(store: Any, result: AlphaSearch) -> None:
-    """Merge the result into the root attributes; a read-only store is reported, not fatal."""
+    """Merge the result into the root attributes; a failure (a read-only store, a full disk) is reported in
+    ``result.record_error`` (the CLI prints the result, then exits 2)."""
     from fast3d_cli import __version__
 
     payload = {k: v for k, v in result.to_dict().items() if k not in ("store", "recorded", "record_error")}
@@ -357,6 +358,7 @@ def _record(store: Any, result: AlphaSearch) -> None:
         writable = _open(store, read_only=False)
         writable.update_attrs(**{key: payload})
     except (OSError, UserError) as err:
-        result.record_error = f"could not record alpha in {store.path}: {err}"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        result.record_error = f"could not record alpha in {store.path}: {reason}"
         return
     result.recorded = True

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from fast3d_cli.errors import naming_os_errors
 from fast3d_cli.report.results import EvalResult
 from fast3d_cli.report.scene import SceneView
 
@@ -41,7 +42,8 @@ def _figure(**kwargs: Any):
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    with naming_os_errors(path):
+        fig.savefig(path, dpi=DPI, facecolor="white")
     return path
 
 
