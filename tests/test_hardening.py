@@ -164,6 +164,27 @@ def test_damaged_chunks_are_named_by_every_reader(
     refused(capsys, *args, message=f"cannot read chunk {chunk}")
 
 
+@pytest.mark.parametrize("how", ["bit-flip", "truncated"])
+def test_info_verifies_the_chunks_it_reports(capsys, inputs, tmp_path: Path, how: str) -> None:
+    """info said "complete: yes" for a store whose score chunk was damaged; search-alpha then refused it."""
+    store = copy(inputs["maps"], tmp_path / "info.zarr")
+    code, _, stderr = fast3d(capsys, "info", str(store))
+    assert code == 0 and "written chunk files verified" in stderr, stderr
+    chunk = store / "scanqa/val/object_scores/c/1/0"
+    data = bytearray(chunk.read_bytes())
+    if how == "bit-flip":
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.write_bytes(bytes(data[: len(data) - 7]))
+    before = tree(store)
+    refused(capsys, "info", str(store), message=f"cannot read chunk {chunk}: corrupt or truncated")
+    refused(capsys, "info", str(store), "--json", message=f"cannot read chunk {chunk}")
+    code, _, stderr = fast3d(capsys, "info", str(store), "--no-verify")
+    assert code == 0 and "checksums: not verified (--no-verify)" in stderr, stderr
+    assert tree(store) == before
+
+
 # --------------------------------------------------------------------------------------------- foreign stores
 
 

@@ -12,6 +12,14 @@ from fast3d_cli.cli.common import JsonOption, emit, path_or_stdin
 
 def info_command(
     store: Annotated[Path, typer.Argument(help="A fast3d store, or '-' to read its path from stdin.")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Decode every written chunk file and check its checksum (default); --no-verify only reads "
+            "the commit markers, which is fast but does not find damaged score chunks.",
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Show the tasks, sample counts, completeness and provenance of a store.
@@ -24,7 +32,7 @@ def info_command(
     from fast3d_cli.stores import open_store
 
     store = path_or_stdin(store, "STORE")
-    summary = open_store(store).summary()
+    summary = open_store(store).summary(verify=verify)
     if as_json:
         emit(store, summary, as_json=True)
         return
@@ -44,4 +52,9 @@ def info_command(
             "yes" if group["complete"] else "no",
         )
     console.print(table)
+    if verify:
+        files = sum(group.get("verified_files", 0) for group in summary["groups"])
+        console.print(f"checksums: all {files} written chunk files verified")
+    else:
+        console.print("checksums: not verified (--no-verify): a damaged chunk file is found when read")
     emit(store, None, as_json=False)
