@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
+from fast3d_cli.metrics.ratio import format_score_ratio
 
 Log = Callable[[str], None]
 
@@ -102,16 +103,23 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
         )  # fmt: skip
         paths[f"eval {run_dir.name}"] = run_dir
         rows.append(table_row(label, result))
-        log(f"    {label}: score ratio {rows[-1]['score_ratio']:.2f}%")
+        shown = format_score_ratio(rows[-1]["score_ratio"], rows[-1]["score_ratio_reason"])
+        log(f"    {label}: score ratio {shown}")
     return {"rows": rows, "alpha": alpha.to_dict(), "paths": {k: str(v) for k, v in paths.items()}}
 
 
 def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One row of the comparison table. The dense run is the reference (100%); a pruned run's undefined
+    score ratio stays None with its reason (never shown as a number)."""
     pruning = result["pruning"]
+    dense = pruning["method"] == "none"
+    ratio = result.get("score_ratio") or {}
+    reason = ratio.get("reason") or ratio.get("error") or (None if ratio else "no dense baseline")
     return {
         "method": label,
         "headline": result["headline"],
-        "score_ratio": (result.get("score_ratio") or {}).get("value") or 100.0,
+        "score_ratio": 100.0 if dense else ratio.get("value"),
+        "score_ratio_reason": None if dense else reason,
         "layer_averaged_ratio": pruning["layer_averaged_ratio"],
         "input_ratio": pruning["input_ratio"],
         "mean_kept_objects": pruning["mean_kept_tokens"] / 3,

@@ -231,7 +231,7 @@ def test_skips_what_the_inputs_cannot_draw(runs: dict[str, Path], tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["score_ratio_per_task.png", "score_ratio_vs_pruning.png"]
     assert "skipped sap_kept_objects.png" in stderr and "skipped scene_topview.png" in stderr
     assert "running: evaluation not finished" in stderr
-    assert "no-baseline: no score ratio" in stderr
+    assert "no-baseline: score ratio n/a (run without a dense baseline)" in stderr
 
     # dense alone: nothing to compare, every picture is skipped
     code, stdout, stderr = fast3d(capsys, "report", str(runs["dense"]), "-o", str(tmp_path / "r2"), "--json")

@@ -74,9 +74,18 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"layer-averaged / {p['input_ratio']:.2f}% input-level, {p['mean_kept_tokens']:.1f} visual "
             f"tokens kept, prefill FLOPs x{p['flops_ratio']}"
         )
-    ratio = result.get("score_ratio") or {}
-    if ratio.get("value") is not None:
-        lines.append(f"score ratio {ratio['value']:.2f}% of the dense run in {ratio['baseline']}")
+    ratio = result.get("score_ratio")
+    if ratio:
+        from fast3d_cli.metrics import format_score_ratio
+
+        shown = format_score_ratio(ratio.get("value"), ratio.get("reason") or ratio.get("error"))
+        tasks = ratio.get("per_task") or {}
+        per_task = ", ".join(f"{t} {format_score_ratio(v)}" for t, v in tasks.items())
+        per_task = per_task if len(tasks) > 1 else ""
+        lines.append(
+            f"score ratio {shown} against the dense run in {ratio['baseline']}"
+            + (f" (per task: {per_task})" if per_task else "")
+        )
     speed = result.get("speed") or {}
     if speed.get("samples_per_s"):
         peak = speed.get("peak_memory_mib")
@@ -99,19 +108,26 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
         table.add_column(SHORT_TASK_NAMES.get(task, task), justify="right")
     for name in ("ratio %", "pruned %", "kept", "smp/s"):
         table.add_column(name, justify="right")
+    notes = []
     for row in rows:
         values = [row["headline"].get(t) for t in tasks]
         speed = row.get("samples_per_s")
+        ratio = "n/a" if row["score_ratio"] is None else f"{row['score_ratio']:.2f}"
+        if row["score_ratio"] is None:
+            reason = row.get("score_ratio_reason") or "no baseline"
+            notes.append(f"{row['method']}: score ratio n/a ({reason})")
         table.add_row(
             escape(row["method"]),
             *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
-            f"{row['score_ratio']:.2f}",
+            ratio,
             f"{row['layer_averaged_ratio']:.1f}/{row['input_ratio']:.1f}",
             f"{row['mean_kept_objects']:.1f}",
             "-" if speed is None else f"{speed:.1f}",
         )
     console = Console(file=file)
     Console(file=file, width=max(console.width, 118)).print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
 
 
 SHORT_TASK_NAMES = {

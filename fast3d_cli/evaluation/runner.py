@@ -277,19 +277,14 @@ def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_conf
 
 
 def add_score_ratio(result: dict[str, Any], baseline: dict[str, Any], baseline_dir: Path) -> dict[str, Any]:
-    """Attach the paper's score ratio (§7) of ``result`` against the dense ``baseline`` run."""
-    from fast3d_cli.metrics import score_ratio
-    from fast3d_cli.metrics.context import MetricsError
+    """Attach the paper's score ratio (§7) of ``result`` against the dense ``baseline`` run: the value and
+    the per-task values, None with a reason where undefined (a dense headline of 0)."""
+    from fast3d_cli.metrics import score_ratio_entry
 
     method, base = result["headline"], baseline["headline"]
-    shared = {t: v for t, v in base.items() if t in method}
+    shared = {t: v for t, v in base.items() if t in result.get("samples", method)}
     entry: dict[str, Any] = {"baseline": str(baseline_dir), "baseline_headline": shared}
-    try:
-        entry["value"] = round(score_ratio(method, shared), 4)
-        entry["per_task"] = {t: round(100 * method[t] / v, 4) for t, v in shared.items() if v}
-    except MetricsError as err:
-        entry["value"], entry["error"] = None, str(err)
-    result["score_ratio"] = entry
+    result["score_ratio"] = {**entry, **score_ratio_entry(method, shared)}
     return result
 
 

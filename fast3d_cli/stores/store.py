@@ -412,8 +412,8 @@ class MapStore:
         return MapGroup(self, task, split)
 
     def summary(self, verify: bool = False) -> dict[str, Any]:
-        """Attributes and per-group completeness; ``verify``: also decode every written chunk file (checksums),
-        raising :class:`StoreError` naming a damaged one."""
+        """Attributes and per-group completeness; ``verify``: also decode every written chunk file
+        (checksums), raising :class:`StoreError` naming a damaged one."""
         groups = [g.summary(verify) for g in self.groups()]
         return {"path": str(self.path), **self.attrs, "groups": groups, "checksums_verified": verify}
 
