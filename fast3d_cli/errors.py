@@ -40,3 +40,8 @@ def removed_on_error(tmp: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def article(word: str) -> str:
+    """"an" before a vowel sound, else "a" ("an 'attention' store", "a 'prediction' store")."""
+    return "an" if str(word)[:1].lower() in "aeiou" else "a"

@@ -194,9 +194,10 @@ def test_wrong_kind_and_foreign_stores(capsys, inputs, model_dir: Path, data_con
     out = tmp_path / "eval"
     refused(
         capsys, *eval_args(model_dir, root, out, "--method", "gap", "--keep", "5", "--maps", str(maps)),
-        message="is a 'attention' store; this method needs prediction",
+        message="is an 'attention' store; this method needs a 'prediction' store",
     )  # fmt: skip
-    refused(capsys, *eval_args(model_dir, root, out, *ORACLE, "--maps", str(pred)), message="needs attention")
+    args = eval_args(model_dir, root, out, *ORACLE, "--maps", str(pred))
+    refused(capsys, *args, message="needs an 'attention' store")
 
     # a stage never replaces another stage's store, not even with --overwrite
     attention = copy(maps, tmp_path / "attention.zarr")

@@ -18,6 +18,7 @@ from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
 from fast3d_cli.pruning.methods import PruningSettings
+from fast3d_cli.records import changed_fields, describe_change
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -34,7 +35,8 @@ class EvalSettings:
     pruning: PruningSettings = field(default_factory=PruningSettings)
 
     def identity(self) -> dict[str, Any]:
-        """What must match for a rerun to reuse earlier predictions (tasks may grow)."""
+        """The settings that must match for a rerun to reuse earlier predictions (run.json ``settings``; what
+        they resolve to is recorded under ``resolved``)."""
         return {
             "split": self.split,
             "limit": self.limit,
@@ -61,20 +63,50 @@ def data_files(data: DataConfig, tasks: Sequence[str], split: str) -> list[Path]
     return files
 
 
+_RECORDED_KEYS = ("model", "data", "settings")
+_RESOLVED_KEYS = ("dtype", "attention", "maps", "gap")
+
+
+def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first field in which the evaluation recorded in run.json (``old``) differs from this one
+    (``new``), described for the user; None when this run may resume it."""
+    for key in _RECORDED_KEYS:
+        changed = changed_fields(old.get(key), new[key], key)
+        if changed:
+            return describe_change(old, new, changed[0])
+    was, now = old.get("resolved"), new["resolved"]
+    if was is None:  # written before fast3d recorded what the settings resolved to
+        if now.get("maps") or now.get("gap"):
+            return "fast3d version, which did not record the maps store, GAP network and alpha it resolved"
+        return None
+    for key in _RESOLVED_KEYS:
+        if was.get(key) != now.get(key):
+            return describe_change(was, now, key)
+    old_tasks, new_tasks = was.get("tasks") or {}, now.get("tasks") or {}
+    for task in sorted(set(old_tasks) & set(new_tasks)):
+        changed = changed_fields(old_tasks[task], new_tasks[task])
+        if changed:
+            return f"{describe_change(old_tasks[task], new_tasks[task], changed[0])} for {task}"
+    return None
+
+
 def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Check that ``out_dir`` holds nothing, or this same evaluation (resolved identity included), and write
+    its run.json. Another evaluation is refused, naming the first field that differs, unless ``overwrite``."""
     path = out_dir / "run.json"
     if path.is_file() and not overwrite:
         old = read_json(path)
-        for key in ("model", "data", "settings"):
-            if old.get(key) != manifest[key]:
-                raise UserError(
-                    f"{out_dir} holds an evaluation with a different {key}; use --overwrite to replace it or "
-                    "choose another --output"
-                )
+        change = _identity_change(old, manifest)
+        if change is not None:
+            raise UserError(
+                f"{out_dir} holds predictions made with another {change}; use --overwrite to replace them or "
+                "choose another --output"
+            )
     elif out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
+        if not overwrite and not path.is_file():
             raise UserError(f"{out_dir} exists and is not an evaluation directory; choose another --output")
         shutil.rmtree(out_dir / "predictions", ignore_errors=True)
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     write_json(path, manifest, indent=2)
 
 
@@ -207,6 +239,11 @@ def run_eval(
         "model": model_fingerprint,
         "data": files_fingerprint(files),
         "settings": settings.identity(),
+        "resolved": {
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attention": getattr(model.llm.config, "_attn_implementation", None),
+            **pruner.resolved_identity([s for rows in samples.values() for s in rows]),
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(out_dir, manifest, overwrite)

@@ -21,7 +21,7 @@ import numpy as np
 from fast3d_cli.data import DataConfig, Sample, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.data.tasks import TASKS
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 from fast3d_cli.stores import MapStore, StoreError, open_store
 
 TARGET_ARRAYS = ("object_scores", "prompt_scores")
@@ -111,8 +111,8 @@ def open_attention_stores(paths: Sequence[Path]) -> list[MapStore]:
         kind = store.attrs.get("kind")
         if kind != "attention":
             raise StoreError(
-                f"{path} is a {kind!r} store; train-gap needs the target model's attention maps "
-                "(an 'attention' store written by fast3d extract)"
+                f"{path} is {article(str(kind))} {kind!r} store; train-gap needs the target model's "
+                "attention maps (an 'attention' store written by fast3d extract)"
             )
         stores.append(store)
     for key in ("model", "data", "n_objects"):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 from fast3d_cli.pruning.budgets import check_alpha, input_level_ratio, reference_alpha, sap_keep_counts
 
 WEIGHTINGS = ("task", "sample")
@@ -242,7 +242,8 @@ def _open(store_or_path: Any, read_only: bool = True):
         store = open_store(store.path, read_only=False)
     if store.kind not in KINDS:
         kinds = " or ".join(KINDS)
-        raise UserError(f"{store.path} is a {store.kind!r} store; search-alpha reads {kinds} stores")
+        what = f"{article(store.kind)} {store.kind!r} store"
+        raise UserError(f"{store.path} is {what}; search-alpha reads {kinds} stores")
     return store
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 
 SCHEMA_VERSION = 1
 KINDS = ("attention", "prediction")
@@ -447,11 +447,14 @@ def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> M
             f"{path} has store schema version {version!r}; this fast3d reads version {SCHEMA_VERSION}"
         )
     if attrs.get("kind") not in KINDS:
-        raise StoreError(f"{path} is a {attrs.get('kind')!r} store; fast3d stores are {' or '.join(KINDS)}")
+        kind = attrs.get("kind")
+        what = f"{article(str(kind))} {kind!r} store"
+        raise StoreError(f"{path} is {what}; fast3d stores are {' or '.join(KINDS)}")
     for key, minimum in (("chunk_size", 1), ("n_objects", 1), ("n_visual", 0), ("n_layers", 0)):
         _count(attrs, key, minimum, str(path))
     if kind is not None and store.kind != kind:
-        raise StoreError(f"{path} is a {store.kind!r} store, expected {kind!r}")
+        what = f"{article(store.kind)} {store.kind!r} store"
+        raise StoreError(f"{path} is {what}, expected {article(kind)} {kind!r} one")
     return store
 
 
