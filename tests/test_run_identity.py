@@ -49,7 +49,8 @@ def interrupt(out: Path, keep: int = 3) -> None:
 
 def refused(capsys, args: list[str], *needles: str) -> str:
     code, stdout, stderr = fast3d(capsys, *args)
-    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("fast3d: error:")]
+    assert code == 2 and stdout == "" and errors == stderr.splitlines()[-1:], stderr
     assert all(needle in stderr for needle in needles), stderr
     return stderr
 

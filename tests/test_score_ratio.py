@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from fast3d_cli.cli.progress import print_comparison_table, summary_lines
+from fast3d_cli.cli.tables import print_comparison_table, summary_lines
 from fast3d_cli.demo import table_row
 from fast3d_cli.evaluation.runner import add_score_ratio
 from fast3d_cli.metrics import format_score_ratio, score_ratio_entry

@@ -21,6 +21,7 @@ from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
+from fast3d_cli.records import changed_fields, describe_change
 from fast3d_cli.stores import MapStore, StoreError, create_store, fill_missing_chunks, open_store
 from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
@@ -80,10 +81,6 @@ def data_fingerprints(
     return files_fingerprint(features), {k: files_fingerprint([p]) for k, p in annotations.items()}
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    return [k for k in keys if old.get(k) != new.get(k)]
-
-
 def prepare_store(
     path: Path,
     root_attrs: dict[str, Any],
@@ -102,11 +99,14 @@ def prepare_store(
                 f"{path} is a store of {store.kind!r} maps; this stage writes {root_attrs['kind']!r} maps: "
                 "choose another output path"
             )
-        changed = _differences(store.attrs, root_attrs, ("model", "data", "aggregation"))
+        identity = ("model", "data", "aggregation")
+        old = {k: store.attrs.get(k) for k in identity}
+        changed = changed_fields(old, {k: root_attrs.get(k) for k in identity})
         if changed and not overwrite:
+            change = describe_change(old, root_attrs, changed[0])
             raise StoreError(
-                f"{path} was made with another {', '.join(changed)}; use --overwrite to replace it or choose "
-                "another output"
+                f"{path} was made with another {change}; use --overwrite to replace it or choose another "
+                "output"
             )
         if changed:
             shutil.rmtree(path)
@@ -194,8 +194,10 @@ def extract(
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}."""
+    """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}.
+    ``progress`` gets (group, samples done, total) after every chunk; ``phase`` a line when a phase starts."""
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
     keys = [(t, s) for t in settings.tasks for s in settings.splits]
     samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
@@ -216,6 +218,8 @@ def extract(
         "n_layers": n_layers,
         "chunk_size": settings.chunk_size,
     }
+    if phase is not None:
+        phase(f"checking the output store {out}")
     if rank == 0:
         prepare_store(
             out,

@@ -138,7 +138,8 @@ def eval_command(
 
     Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
     """
-    from fast3d_cli.cli.progress import TaskProgress, print_metrics_table
+    from fast3d_cli.cli.progress import ProgressReporter
+    from fast3d_cli.cli.tables import print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
     from fast3d_cli.evaluation.runner import EvalSettings
     from fast3d_cli.generation.config import GenerationConfig
@@ -173,12 +174,13 @@ def eval_command(
     baseline = baseline or output.parent / "eval-none"
     if settings.pruning.method != "none":
         check_output_location(baseline, "--baseline")
-    fingerprint = source.fingerprint()
 
     from fast3d_cli.evaluation.runner import run_pruned_eval
 
-    target = source.load(device=device, dtype=dtype)
-    with TaskProgress() as progress:
+    with ProgressReporter("eval") as progress:
+        progress.phase(f"loading the target model ({source.describe()})")
+        fingerprint = source.fingerprint()
+        target = source.load(device=device, dtype=dtype)
         result = run_pruned_eval(
             target,
             fingerprint,
@@ -188,6 +190,7 @@ def eval_command(
             baseline,
             overwrite=overwrite,
             progress=progress.update,
+            phase=progress.phase,
         )
     print_metrics_table(result, file=sys.stderr)
     emit(output / "metrics.json", result, as_json)

@@ -61,7 +61,7 @@ def extract_command(
     Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli extract ...[/bold]
     """
     from fast3d_cli.attention.extract import ExtractSettings
-    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
     from fast3d_cli.models.loading import DTYPES
 
@@ -80,26 +80,30 @@ def extract_command(
     check_output_location(output)
     data = data_config(config, data_root)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
-    fingerprint = source.fingerprint()
 
     from fast3d_cli.attention.extract import extract
     from fast3d_cli.launch import distributed_context
 
-    with distributed_context(device) as dist:
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("extract", enabled=dist.is_main) as progress,
+    ):
+        progress.phase(f"loading the target model ({source.describe()})")
+        fingerprint = source.fingerprint()
         target = source.load(device=dist.device, dtype=dtype)
-        with TaskProgress(enabled=dist.is_main) as progress:
-            result = extract(
-                target,
-                fingerprint,
-                data,
-                settings,
-                output,
-                command=command_line(),
-                overwrite=overwrite,
-                rank=dist.rank,
-                world=dist.world,
-                barrier=dist.barrier,
-                progress=progress.update,
-            )
+        result = extract(
+            target,
+            fingerprint,
+            data,
+            settings,
+            output,
+            command=command_line(),
+            overwrite=overwrite,
+            rank=dist.rank,
+            world=dist.world,
+            barrier=dist.barrier,
+            progress=progress.update,
+            phase=progress.phase,
+        )
     if dist.is_main:
         emit(output, result, as_json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,52 +21,6 @@ from fast3d_cli.cli.common import (
     path_or_stdin,
 )
 from fast3d_cli.errors import UserError
-
-
-class TrainingBar:
-    """One progress bar on stderr: steps, epoch, current loss and learning rate (rank 0 only)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self._enabled = enabled
-        self._progress: Any = None
-        self._bar: Any = None
-
-    def __enter__(self) -> TrainingBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, event: Any) -> None:
-        if not self._enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if self._progress is None:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self._progress.start()
-            self._bar = self._progress.add_task("train-gap", total=event.total_steps, status="")
-        if event.phase == "evaluate":
-            status = "evaluating"
-        else:
-            loss = "" if event.loss is None else f"loss {event.loss:.4f}  "
-            status = f"{loss}lr {event.lr:.2e}" if event.lr is not None else loss
-        self._progress.update(
-            self._bar,
-            completed=event.step,
-            total=event.total_steps,
-            description=f"epoch {event.epoch}/{event.epochs}",
-            status=status,
-        )
 
 
 def train_gap_command(
@@ -192,9 +146,12 @@ def train_gap_command(
     data = data_config(config, data_root)
     overrides = read_config_overrides(gap_config)
 
+    from fast3d_cli.cli.progress import ProgressReporter, training_progress
     from fast3d_cli.gap.training import train_gap
+    from fast3d_cli.launch import is_main_process
 
-    with TrainingBar() as bar:
+    main = is_main_process()  # under accelerate launch, only rank 0 reports and prints
+    with ProgressReporter("train-gap", unit="steps", enabled=main) as progress:
         result = train_gap(
             stores,
             output,
@@ -207,11 +164,10 @@ def train_gap_command(
             overwrite=overwrite,
             device=device,
             command=command_line(),
-            progress=bar.update,
+            progress=training_progress(progress),
+            phase=progress.phase,
         )
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # under accelerate launch, only rank 0 prints
+    if main:
         emit(output, result, as_json)
 
 
@@ -257,7 +213,7 @@ def predict_command(
     Example: [bold]fast3d predict gap/ --tasks scanqa,scanrefer --split val -o pred.zarr[/bold]
     Official checkpoint: [bold]fast3d predict checkpoint_best.pth --roberta roberta-base/ -o pred.zarr[/bold]
     """
-    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
     from fast3d_cli.gap.predict import PredictSettings
     from fast3d_cli.gap.sources import GAPSource
@@ -281,7 +237,10 @@ def predict_command(
     from fast3d_cli.gap.predict import predict
     from fast3d_cli.launch import distributed_context
 
-    with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("predict", enabled=dist.is_main) as progress,
+    ):
         result = predict(
             source,
             data,
@@ -294,6 +253,7 @@ def predict_command(
             world=dist.world,
             barrier=dist.barrier,
             progress=progress.update,
+            phase=progress.phase,
         )
     if dist.is_main:
         emit(output, result, as_json)

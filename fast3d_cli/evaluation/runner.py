@@ -21,6 +21,7 @@ from fast3d_cli.pruning.methods import PruningSettings
 from fast3d_cli.records import changed_fields, describe_change
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
+PhaseCallback = Callable[[str], None]  # a phase without a counter starts (scoring, the dense baseline)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ def run_eval(
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    phase: PhaseCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (pruned as ``settings.pruning`` says) on ``settings.tasks``; returns the metrics
     document also written to metrics.json. Samples already in the prediction logs are not generated again."""
@@ -232,6 +234,9 @@ def run_eval(
     for task, rows in samples.items():
         if not rows:
             raise UserError(f"{task}/{settings.split} has no samples")
+    phase = phase or (lambda message: None)
+    if settings.pruning.maps is not None or settings.pruning.gap is not None:
+        phase(f"{settings.pruning.method}: reading {settings.pruning.maps or settings.pruning.gap}")
     pruner = Pruner(settings.pruning, model, model_fingerprint, data)
     pruner.check_samples([s for rows in samples.values() for s in rows])
     manifest = {
@@ -256,7 +261,7 @@ def run_eval(
         done = log.read()
         todo = [s for s in task_samples if s.index not in done]
         if progress:
-            progress(task, len(task_samples) - len(todo), len(task_samples))
+            progress(f"{out_dir.name} {task}", len(task_samples) - len(todo), len(task_samples))
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start : start + settings.batch_size]
             out = generate_answers(model, bank, batch, settings.generation, pruner, timer)
@@ -268,8 +273,10 @@ def run_eval(
             )
             generated += len(batch)
             if progress:
-                progress(task, len(task_samples) - len(todo) + start + len(batch), len(task_samples))
+                done_now = len(task_samples) - len(todo) + start + len(batch)
+                progress(f"{out_dir.name} {task}", done_now, len(task_samples))
     seconds = time.perf_counter() - started
+    phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
     previous = out_dir / "metrics.json"
     speed = timer.summary(generated, seconds)
     if not generated and previous.is_file():  # nothing new: keep the speed measured when it was generated
@@ -335,15 +342,19 @@ def run_pruned_eval(
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    phase: PhaseCallback | None = None,
 ) -> dict[str, Any]:
     """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
     ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it."""
     result = run_eval(
-        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress
+        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress, phase=phase
     )
     if settings.pruning.method == "none" or baseline_dir is None:
         return result
-    baseline = run_eval(model, model_fingerprint, data, settings.dense, baseline_dir, progress=progress)
+    if phase is not None:
+        phase(f"the dense run for the score ratio ({baseline_dir})")
+    dense = settings.dense
+    baseline = run_eval(model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase)
     add_score_ratio(result, baseline, baseline_dir)
     write_json(Path(out_dir) / "metrics.json", result, indent=2)
     return result

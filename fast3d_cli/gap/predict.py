@@ -128,6 +128,7 @@ def predict(
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fill the prediction store ``out`` for every task/split; returns {"computed": n, "store": summary, ...}.
 
@@ -145,6 +146,8 @@ def predict(
     for key, rows in samples.items():
         if not rows:
             raise UserError(f"{key} has no samples")
+    if phase is not None:
+        phase(f"loading the GAP network ({description['path']})")
     model, tokenizer = source.load(device=device)
     if model.config.max_obj_num != data.max_obj_num:
         raise UserError(

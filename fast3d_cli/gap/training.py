@@ -572,6 +572,7 @@ def train_gap(
     device: str = "auto",
     command: str = "",
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a GAP network on the maps of ``stores``; returns the ``training.json`` record.
 
@@ -595,6 +596,8 @@ def train_gap(
     tasks_hint = list(settings.tasks) if settings.tasks else None
     optional = () if settings.evaluate_val is False else ("val",)
     required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
+    if phase is not None and main:
+        phase(f"reading the attention maps of {', '.join(str(s) for s in stores)}")
     tset = load_targets(stores, data, tasks_hint, required, optional, settings.target, settings.limit)
     use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
     banks = {"train": SceneBank(data, "train"), "val": SceneBank(data, "val")}
@@ -687,6 +690,8 @@ def train_gap(
         _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
 
     # --- model, optimizer, schedule, state ---------------------------------------------------------------
+    if phase is not None and main:
+        phase(f"building the GAP network ({len(train)} training samples, {total_steps} steps)")
     torch.manual_seed(settings.seed)
     model = network.build()
     pooler = getattr(model.text_encoder, "pooler", None)

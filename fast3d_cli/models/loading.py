@@ -41,6 +41,12 @@ class ModelSource:
         directory = Path(self.model_dir)
         return [directory / "config.json", directory / "model.safetensors"]
 
+    def describe(self) -> str:
+        """Where the model comes from, for progress lines."""
+        if self.checkpoint is not None:
+            return f"{self.checkpoint} on {self.base_llm}"
+        return str(self.model_dir)
+
     def fingerprint(self) -> str:
         missing = [p for p in self.files() if not p.is_file()]
         if missing:
