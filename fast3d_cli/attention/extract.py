@@ -7,8 +7,8 @@ are split into fixed chunks; rank r of W processes chunks r, r+W, ... and writes
 
 from __future__ import annotations
 
+import contextlib
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +22,15 @@ from fast3d_cli.data.formats import require_file
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.records import changed_fields, describe_change
-from fast3d_cli.stores import MapStore, StoreError, create_store, fill_missing_chunks, open_store
+from fast3d_cli.stores import (
+    MapStore,
+    StoreError,
+    clear_directory,
+    create_store,
+    fill_missing_chunks,
+    open_store,
+    writer_lock,
+)
 from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
 
@@ -90,9 +98,10 @@ def prepare_store(
 ) -> MapStore:
     """Coordinator only: create or validate the store and every task/split group."""
     path = Path(path)
-    if path.exists() and not is_store(path):
+    empty = path.is_dir() and not any(path.iterdir())  # e.g. just created by the writer lock
+    if path.exists() and not empty and not is_store(path):
         raise StoreError(f"{path} exists and is not a fast3d store; choose another output path")
-    if path.exists():
+    if path.exists() and not empty:
         store = open_store(path, read_only=False)
         if store.kind != root_attrs["kind"]:  # never replaced, even with --overwrite: another stage's output
             raise StoreError(
@@ -109,8 +118,8 @@ def prepare_store(
                 "output"
             )
         if changed:
-            shutil.rmtree(path)
-    if not path.exists():
+            clear_directory(path)  # not the directory itself: the writer lock is on it
+    if not is_store(path):
         store = create_store(path, root_attrs)
     for key, (n_samples, annotation_fp) in groups.items():
         task, split = key.split("/")
@@ -220,28 +229,29 @@ def extract(
     }
     if phase is not None:
         phase(f"checking the output store {out}")
-    if rank == 0:
-        prepare_store(
-            out,
-            root_attrs,
-            {k: (len(v), annotation_fps[k]) for k, v in samples.items()},
-            settings.keep_layers,
-            overwrite,
-        )
-    barrier()
-    store = open_store(out, kind="attention", read_only=False)
-    computed = 0
-    banks = {split: SceneBank(data, split) for split in settings.splits}
-    for key, rows in samples.items():
-        task, split = key.split("/")
-        bank = banks[split]
-        computed += fill_missing_chunks(
-            store.group(task, split),
-            rows,
-            lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
-            rank,
-            world,
-            progress,
-        )
-    barrier()
+    with writer_lock(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            prepare_store(
+                out,
+                root_attrs,
+                {k: (len(v), annotation_fps[k]) for k, v in samples.items()},
+                settings.keep_layers,
+                overwrite,
+            )
+        barrier()
+        store = open_store(out, kind="attention", read_only=False)
+        computed = 0
+        banks = {split: SceneBank(data, split) for split in settings.splits}
+        for key, rows in samples.items():
+            task, split = key.split("/")
+            bank = banks[split]
+            computed += fill_missing_chunks(
+                store.group(task, split),
+                rows,
+                lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
+                rank,
+                world,
+                progress,
+            )
+        barrier()
     return {"computed": computed, "store": store.summary(), "settings": asdict(settings)}

@@ -459,11 +459,12 @@ def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> M
 
 
 def create_store(path: Path, attrs: Mapping[str, Any]) -> MapStore:
-    """Coordinator only: create a new, empty store. Refuses an existing path."""
+    """Coordinator only: create a new, empty store. Refuses an existing path (an empty directory is fine:
+    the writer lock creates it)."""
     import zarr
 
     path = Path(path)
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise StoreError(f"{path} already exists")
     if attrs.get("kind") not in KINDS:
         raise ValueError(f"store kind must be one of {KINDS}")
