@@ -177,3 +177,13 @@ def test_two_processes_give_the_same_store(capsys, trained_gap, data_config, tmp
         left, right = (open_store(p).group(task, "val") for p in (single, double))
         assert right.is_complete()
         assert np.array_equal(left.read("object_scores"), right.read("object_scores"))
+
+
+def test_limit_writes_the_first_samples(capsys, trained_gap, data_config, tmp_path) -> None:
+    out = tmp_path / "small.zarr"
+    code, _, stderr = fast3d(capsys, *predict_args(trained_gap, data_config, out, "--limit", "5"))
+    assert code == 0, stderr
+    store = open_store(out)
+    for group in store.groups():
+        assert group.n_samples == 5 and group.is_complete()
+        assert group.read("sample_index").tolist() == [0, 1, 2, 3, 4]

@@ -308,3 +308,13 @@ def test_refusals_exit_2(capsys, gap_inputs, data_config, tmp_path) -> None:
 def _write(path: Path, payload: dict) -> str:
     path.write_text(json.dumps(payload))
     return str(path)
+
+
+def test_limit_trains_on_the_first_samples(capsys, gap_inputs, data_config, tmp_path) -> None:
+    out = tmp_path / "gap"
+    args = train_args(gap_inputs, data_config, out, "--tasks", "scanqa", "--limit", "10", "--epochs", "1")
+    code, stdout, stderr = fast3d(capsys, *args, "--batch-size", "4", "--holdout", "0.3", "--json")
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["samples"]["train"] + record["samples"]["holdout"] == 10
+    assert record["samples"]["val"] == 10 and record["identity"]["settings"]["limit"] == 10
