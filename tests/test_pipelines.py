@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fast3d_cli.stores import open_store
 from tests.conftest import REPO
+from tests.test_cli_streams import assert_no_library_warnings
 from tests.test_gap_train import TINY_GAP
 
 
@@ -44,6 +45,7 @@ def test_the_readme_pipeline_runs_and_is_consistent(model_dir, data_config, tmp_
     proc = subprocess.run(["bash", "-c", pipeline], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "runs/eval-gap+sap/metrics.json"
+    assert_no_library_warnings(proc.stderr)  # every stage, in a normal run
     result = json.loads((tmp_path / "runs/eval-gap+sap/metrics.json").read_text())
     store = open_store(tmp_path / "p.zarr")
     assert [g.path for g in store.groups()] == ["scanqa/val"]  # search-alpha saw the task eval runs

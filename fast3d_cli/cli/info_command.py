@@ -29,10 +29,15 @@ def info_command(
     from rich.console import Console
     from rich.table import Table
 
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.stores import open_store
 
     store = path_or_stdin(store, "STORE")
-    summary = open_store(store).summary(verify=verify)
+    opened = open_store(store)
+    with ProgressReporter("info") as progress:
+        if verify:
+            progress.phase(f"verifying the checksums of every written chunk file of {store}")
+        summary = opened.summary(verify=verify)
     if as_json:
         emit(store, summary, as_json=True)
         return
