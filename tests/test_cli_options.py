@@ -59,7 +59,7 @@ BAD_INVOCATIONS = [
 
 
 def test_bad_options_are_refused_before_torch_loads(tmp_path: Path) -> None:
-    (tmp_path / "fast3d.toml").write_text('[defaults.eval]\nbatch-size = 0\n')
+    (tmp_path / "fast3d.toml").write_text("[defaults.eval]\nbatch-size = 0\n")
     cases = [*BAD_INVOCATIONS, ["eval", "--method", "none"]]  # the last: a bad value from fast3d.toml
     done = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(cases)],

@@ -88,10 +88,10 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
             f"{row['mean_kept_objects']:.1f}",
             "-" if speed is None else f"{speed:.1f}",
         )
-    console = Console(file=file)
-    Console(file=file, width=max(console.width, 118)).print(table)
+    wide = Console(file=file, width=max(Console(file=file).width, 118))
+    wide.print(table)
     for note in notes:
-        console.print(note, markup=False, highlight=False)
+        wide.print(note, markup=False, highlight=False)
 
 
 SHORT_TASK_NAMES = {
