@@ -68,6 +68,8 @@ RUNNER = textwrap.dedent(
         cli(f"{label} predict", "predict", gap, "--data-root", data, "--tasks", "scanqa", "-o",
             where / "pred2.zarr")
         cli(f"{label} build-world", "sample", "build-world", "-o", where / "world")
+        cli(f"{label} demo", "demo", "-o", where / "demo", "--train-limit", "8", "--limit", "2", "--epochs",
+            "1", "--num-beams", "1")
     cli("read-only search-alpha", "search-alpha", ro / "pred.zarr", "--target", "80")
 
     # what was written before the failures is unchanged
@@ -119,7 +121,7 @@ def test_unwritable_outputs_are_one_line_and_damage_nothing(
     setups = [r for r in results if r["name"].startswith("setup")]
     assert all(r["code"] == 0 for r in setups), [(r["name"], r["stderr"][-500:]) for r in setups]
     failures = [r for r in results if not r["name"].startswith("setup")]
-    assert len(failures) == 13
+    assert len(failures) == 15
     for result in failures:
         stderr = result["stderr"]
         lines = [line for line in stderr.splitlines() if line.startswith("fast3d: error:")]

@@ -141,11 +141,11 @@ def eval_command(
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.cli.tables import print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.evaluation.runner import EvalSettings
+    from fast3d_cli.evaluation.runner import EvalSettings, data_files
     from fast3d_cli.generation.config import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
     from fast3d_cli.models.loading import DTYPES
-    from fast3d_cli.pruning.methods import validate
+    from fast3d_cli.pruning.methods import preflight, validate
 
     # every option is checked here, before anything imports torch or transformers
     task_names = parse_tasks(tasks)
@@ -174,12 +174,15 @@ def eval_command(
     baseline = baseline or output.parent / "eval-none"
     if settings.pruning.method != "none":
         check_output_location(baseline, "--baseline")
+    data_files(data, settings.tasks, settings.split)
+    # the checks that read files (the maps store, the model's depth) also come before the model loads
+    fingerprint = source.fingerprint()
+    preflight(settings.pruning, fingerprint, *source.shape(), data)
 
     from fast3d_cli.evaluation.runner import run_pruned_eval
 
     with ProgressReporter("eval") as progress:
         progress.phase(f"loading the target model ({source.describe()})")
-        fingerprint = source.fingerprint()
         target = source.load(device=device, dtype=dtype)
         result = run_pruned_eval(
             target,

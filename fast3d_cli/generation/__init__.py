@@ -4,6 +4,9 @@ Exports load lazily (``GenerationConfig`` needs no torch)."""
 
 from fast3d_cli._lazy import lazy_exports
 
+# eager: the function shares its name with its (torch-free) module, which would otherwise shadow it
+from fast3d_cli.generation.postprocess import decode_batch, postprocess  # noqa: F401
+
 _EXPORTS = {
     "GenerationConfig": "config",
     "Decoder": "decoder",
@@ -12,8 +15,6 @@ _EXPORTS = {
     "check_left_padded": "decoder",
     "position_ids_from_mask": "decoder",
     "select_state": "decoder",
-    "decode_batch": "postprocess",
-    "postprocess": "postprocess",
     "BeamHypotheses": "search",
     "apply_min_length": "search",
     "apply_repetition_penalty": "search",
@@ -22,4 +23,4 @@ _EXPORTS = {
     "greedy_search": "search",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "decode_batch", "postprocess"])

@@ -48,7 +48,7 @@ class BatchPlan:
         return [sorted({int(t) // TOKENS_PER_OBJECT for t in row if t >= 0}) for row in rows]
 
 
-def _data_problems(data: DataConfig) -> Any:
+def store_data_problems(data: DataConfig) -> Any:
     features = files_fingerprint([data.path(data.feats_3d), data.path(data.feats_2d)])
 
     def problems(store: Any) -> list[str]:
@@ -78,9 +78,8 @@ class Pruner:
         self.gap: tuple[Any, Any] | None = None
         self.gap_fingerprint: str | None = None
         if settings.maps is not None:
-            self.maps = StoreMaps(
-                settings.maps, self.spec.map_kinds, model_fingerprint, _data_problems(data), settings.force
-            )
+            kinds, problems = self.spec.map_kinds, store_data_problems(data)
+            self.maps = StoreMaps(settings.maps, kinds, model_fingerprint, problems, settings.force)
         if settings.gap is not None:
             self.gap = self._load_gap(settings, model_fingerprint)
         n_objects = model.config.max_obj_num
