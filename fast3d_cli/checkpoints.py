@@ -92,7 +92,7 @@ def _first_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_torch_load():
+def quiet_torch_load():
     """torch warns when a file's pickle protocol is not its own default: noise for the user, not a risk."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -112,19 +112,19 @@ def load_checkpoint(path: Path, trust: bool = False) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if trust:
         try:
-            with _quiet_torch_load():
+            with quiet_torch_load():
                 return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # whatever the trusted pickle raises, the user sees one line
             raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
-        with _quiet_torch_load():
+        with quiet_torch_load():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
-        with _quiet_torch_load():
+        with quiet_torch_load():
             return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except UntrustedCall as err:
         raise CheckpointError(

@@ -46,9 +46,12 @@ def read_pt(path: Path) -> Any:
 
     import torch
 
+    from fast3d_cli.checkpoints import quiet_torch_load
+
     require_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_torch_load():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise DataFileError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # a damaged file makes the zip reader or the unpickler raise many types
