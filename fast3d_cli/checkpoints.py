@@ -7,14 +7,18 @@ resolved, and every other class becomes an inert placeholder that only records t
 placeholder may be *created* the way pickle restores a plain object (``NEWOBJ`` + ``BUILD``: how a config
 object is pickled), but never *called* (``REDUCE``: how a pickle runs code, e.g. ``os.system``); a pickle
 that calls anything beyond torch's allow-list is refused with :class:`CheckpointError` naming the global and
-``--trust-checkpoint``. With ``trust=True`` (``--trust-checkpoint``) the file is loaded with
+``--trust-checkpoint``. Every object torch reads goes through that unpickler, in every format: the zip
+format, the legacy format and a plain pickle (whose first object torch's legacy reader reads with the pickle
+module's ``load``). With ``trust=True`` (``--trust-checkpoint``) the file is loaded with
 ``weights_only=False``: full pickle, which runs whatever code the file holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +71,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _InertType(name, (InertObject,), {"__module__": f"inert.{module}", "__qualname__": name})
 
 
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    """``pickle.load`` through :class:`_RestrictedUnpickler`. torch's legacy (non-zip) reader calls the
+    pickle module's ``load`` for the magic number, the header and the storage keys, so it must be restricted
+    too: a plain pickle's first object is read this way."""
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load(pickle_module=...) uses: every object it unpickles goes through the restricted unpickler.
 _restricted_pickle = types.ModuleType("fast3d_restricted_pickle")
 _restricted_pickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = pickle.load  # type: ignore[attr-defined]
+_restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
 _restricted_pickle.__dict__["Pickler"] = pickle.Pickler
 
 
@@ -77,6 +89,14 @@ def _first_line(err: BaseException) -> str:
     """The first sentence of ``err``'s message (torch's load errors run to several sentences)."""
     text = str(err).strip()
     return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def quiet_torch_load():
+    """torch warns when a file's pickle protocol is not its own default: noise for the user, not a risk."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def load_checkpoint(path: Path, trust: bool = False) -> Any:
@@ -92,17 +112,20 @@ def load_checkpoint(path: Path, trust: bool = False) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if trust:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            with quiet_torch_load():
+                return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # whatever the trusted pickle raises, the user sees one line
             raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_torch_load():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        with quiet_torch_load():
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except UntrustedCall as err:
         raise CheckpointError(
             f"{path} is not a plain checkpoint: loading it calls {err.name}, which could run arbitrary code; "

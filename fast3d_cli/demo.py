@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
+from fast3d_cli.metrics.ratio import format_score_ratio
 
 Log = Callable[[str], None]
 
@@ -50,8 +51,12 @@ def demo_rows(pred: Path, n_layers: int) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) -> dict[str, Any]:
-    """Run every stage into ``out``; returns {"rows": [...], "paths": {...}}."""
+def run_demo(
+    out: Path, settings: DemoSettings, log: Log, progress: Any = None, train_progress: Any = None
+) -> dict[str, Any]:
+    """Run every stage into ``out``; returns {"rows": [...], "paths": {...}}. ``log`` gets a line per
+    phase, ``progress`` the (name, done, total) of extract, predict and eval, ``train_progress`` train-gap's
+    events."""
     from fast3d_cli.attention.extract import ExtractSettings, extract
     from fast3d_cli.cli.common import default_model_dir
     from fast3d_cli.data.config import DataConfig
@@ -68,6 +73,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
     data = DataConfig()
     device = resolve_device(settings.device)
     source = ModelSource(model_dir=default_model_dir())
+    log(f"loading the sample model ({source.describe()})")
     model, fingerprint = source.load(device=device), source.fingerprint()
     maps, gap, pred = out / "maps.zarr", out / "gap", out / "pred.zarr"
 
@@ -75,10 +81,11 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
     extract_settings = ExtractSettings(tasks=settings.tasks, splits=("train",), limit=settings.train_limit)
     extract(model, fingerprint, data, extract_settings, maps, command="fast3d demo", progress=progress)
     log("2/5 train-gap: the GAP network learns the maps")
-    train_gap([maps], gap, TrainSettings(epochs=settings.epochs), data, device=device, command="fast3d demo")
+    train_gap([maps], gap, TrainSettings(epochs=settings.epochs), data, device=device, command="fast3d demo",
+              progress=train_progress, phase=log)  # fmt: skip
     log("3/5 predict: GAP maps for val")
     predict(gap, data, PredictSettings(tasks=settings.tasks), pred, device=device, command="fast3d demo",
-            progress=progress)  # fmt: skip
+            progress=progress, phase=log)  # fmt: skip
     log(f"4/5 search-alpha: SAP alpha for {settings.target_ratio:g}% pruning")
     alpha = search_alpha(pred, settings.target_ratio)
     log(f"    alpha {alpha.alpha:g}: {alpha.ratio:.2f}% pruned on average")
@@ -98,20 +105,27 @@ def run_demo(out: Path, settings: DemoSettings, log: Log, progress: Any = None) 
         )
         result = run_pruned_eval(
             model, fingerprint, data, replace(base, pruning=PruningSettings(**options)), run_dir,
-            out / "eval" / "none", progress=progress,
+            out / "eval" / "none", progress=progress, phase=log,
         )  # fmt: skip
         paths[f"eval {run_dir.name}"] = run_dir
         rows.append(table_row(label, result))
-        log(f"    {label}: score ratio {rows[-1]['score_ratio']:.2f}%")
+        shown = format_score_ratio(rows[-1]["score_ratio"], rows[-1]["score_ratio_reason"])
+        log(f"    {label}: score ratio {shown}")
     return {"rows": rows, "alpha": alpha.to_dict(), "paths": {k: str(v) for k, v in paths.items()}}
 
 
 def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One row of the comparison table. The dense run is the reference (100%); a pruned run's undefined
+    score ratio stays None with its reason (never shown as a number)."""
     pruning = result["pruning"]
+    dense = pruning["method"] == "none"
+    ratio = result.get("score_ratio") or {}
+    reason = ratio.get("reason") or ratio.get("error") or (None if ratio else "no dense baseline")
     return {
         "method": label,
         "headline": result["headline"],
-        "score_ratio": (result.get("score_ratio") or {}).get("value") or 100.0,
+        "score_ratio": 100.0 if dense else ratio.get("value"),
+        "score_ratio_reason": None if dense else reason,
         "layer_averaged_ratio": pruning["layer_averaged_ratio"],
         "input_ratio": pruning["input_ratio"],
         "mean_kept_objects": pruning["mean_kept_tokens"] / 3,

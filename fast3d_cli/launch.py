@@ -24,6 +24,11 @@ def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0, or a single process: known from the launcher's environment before anything initialises."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextmanager
 def distributed_context(device: str = "auto") -> Iterator[DistributedContext]:
     """Single process unless started by ``accelerate launch``/``torchrun`` with more than one process.

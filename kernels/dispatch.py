@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import replace
 from functools import cache
 from typing import Literal
 
+import torch
 from torch import Tensor
 
-from .common import PerRow, SelectGatherResult, check_args
-from .reference import select_gather_reference
+from .common import Args, PerRow, SelectGatherResult, check_args, row_tensor
+from .reference import sap_counts, select_gather_reference
 
 Backend = Literal["auto", "torch", "triton"]
 ENV_VAR = "FAST3D_KERNELS"
@@ -59,8 +61,11 @@ def select_gather_triton(
     num_warps: int | None = None,
 ) -> SelectGatherResult:
     """The fused Triton kernel (one launch, no host synchronisation). CPU tensors need TRITON_INTERPRET=1
-    set before the first call. Unlike the reference it does not check device-side values (alpha range,
-    span inside [0, T), lengths <= width); rows longer than ``width`` keep their last ``width`` tokens."""
+    set before the first call. In SAP mode the per-row counts come from :func:`sap_counts` (the official
+    rule's own torch operations, on the device) and the kernel selects that many top groups, so its counts
+    equal the reference's bit for bit. Unlike the reference it does not check device-side values (alpha
+    range, span inside [0, T), lengths <= width); rows longer than ``width`` keep their last ``width``
+    tokens."""
     args = check_args(
         values, positions, scores, k=k, alpha=alpha, group=group,
         span_start=span_start, valid_start=valid_start, width=width,
@@ -72,7 +77,15 @@ def select_gather_triton(
     from .triton_select_gather import launch  # lazy: TRITON_INTERPRET is read when the kernel is defined
 
     blocks = {"block_s": block_s, "block_t": block_t, "block_d": block_d, "num_warps": num_warps}
-    return launch(values, positions, scores, args, **blocks)
+    return launch(values, positions, scores, _sap_as_top_k(args, scores), **blocks)
+
+
+def _sap_as_top_k(args: Args, scores: Tensor) -> Args:
+    """SAP arguments as top-k arguments: per-row counts of the official rule (stays on the device)."""
+    if args.alpha is None:
+        return args
+    alpha = row_tensor(args.alpha, args.batch, scores.device, torch.float32, 1.0)
+    return replace(args, k=sap_counts(scores, alpha), alpha=None)
 
 
 def select_gather(

@@ -24,6 +24,23 @@ def order_key(scores: Tensor) -> Tensor:
     return torch.where(torch.isnan(scores), _INT32_MIN - 1, key)
 
 
+def sap_counts(scores: Tensor, alpha: Tensor) -> Tensor:
+    """[B] int64 groups SAP keeps per row: the official ``find_min_rank_sum_larger_than_alpha`` (spec §5.5).
+
+    The float32 softmax, sorted descending, summed cumulatively, compared with ``alpha`` by ``>=``: the
+    official operations in the official order, so the count is identical to it on the same device, also when
+    alpha lies exactly on a cumulative mass. Every backend takes its SAP counts from here (the Triton kernel
+    then selects the top ``count`` groups). NaN scores get zero mass; when the masses are not finite the
+    cumulative mass never reaches alpha and all M groups are kept. No host synchronisation.
+    """
+    groups = scores.shape[1]
+    x = scores.float()
+    p = torch.softmax(x.masked_fill(torch.isnan(x), float("-inf")), dim=1)
+    mass = p.sort(dim=1, descending=True).values.cumsum(1)  # mass of the top-c groups at column c - 1
+    reached = (mass >= alpha.float()[:, None]).sum(1)  # mass is non-decreasing, so this is a suffix
+    return (groups + 1 - reached).clamp(max=groups)
+
+
 def _counts_and_order(scores: Tensor, k: Tensor | None, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
     """Groups kept per row [B] int64 and the ranking (group indices, best first) [B, M]."""
     groups = scores.shape[1]
@@ -31,11 +48,7 @@ def _counts_and_order(scores: Tensor, k: Tensor | None, alpha: Tensor | None) ->
     if k is not None:
         return k.clamp(0, groups), order
     assert alpha is not None
-    x = scores.float()
-    p = torch.softmax(x.masked_fill(torch.isnan(x), float("-inf")), dim=1)
-    mass = p.gather(1, order).cumsum(1)  # mass of the top-c groups at column c - 1
-    reached = (mass >= alpha.float()[:, None]).sum(1)  # mass is non-decreasing, so this is a suffix
-    return (groups + 1 - reached).clamp(max=groups), order
+    return sap_counts(scores, alpha), order
 
 
 def keep_counts(scores: Tensor, k: PerRow | None = None, alpha: PerRow | None = None) -> Tensor:

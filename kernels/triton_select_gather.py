@@ -3,14 +3,16 @@
 Grid: (B, cdiv(W, BLOCK_S)). Program (b, j) owns the output slots [j*BLOCK_S, (j+1)*BLOCK_S) of row b and
 writes every one of them (kept token or padding), so the outputs need no memset. Each program:
 
-1. Selection (recomputed per program; it is O(M) work and the scores are tiny). Scores become int32 keys
-   whose signed order is the ranking order (NaN lowest, -0.0 == +0.0), shifted right by the bits a 16-bit
-   input cannot use (16 for bf16, 13 for fp16), so bf16 needs 16 radix passes and fp32 32. A radix select
-   finds the largest key threshold t whose "weight" at or above t reaches the target: weight 1 and target
-   k in top-k mode, the softmax mass and target alpha in SAP mode. Groups above t are chosen; groups equal
-   to t are chosen in index order while the weight before them is below the target (ties go to the lower
-   index). The choice is summarised by two scalars (t, gcut): group g is chosen iff key > t or
-   (key == t and g <= gcut).
+1. Selection of the top k groups (recomputed per program; it is O(M) work and the scores are tiny). Scores
+   become int32 keys whose signed order is the ranking order (NaN lowest, -0.0 == +0.0), shifted right by
+   the bits a 16-bit input cannot use (16 for bf16, 13 for fp16), so bf16 needs 16 radix passes and fp32
+   32. A radix select finds the largest key threshold t with at least k groups at or above it. Groups above
+   t are chosen; groups equal to t are chosen in index order while fewer than k are chosen before them
+   (ties go to the lower index). The choice is summarised by two scalars (t, gcut): group g is chosen iff
+   key > t or (key == t and g <= gcut). In SAP mode the dispatcher passes per-row counts k computed on
+   the device by the official rule (``fast3d_kernels.reference.sap_counts``): a softmax and cumulative sum
+   inside the kernel would round differently from the official torch operations and move the count by one
+   when alpha lies on a cumulative mass.
 2. Placement. Kept tokens come in three runs: non-candidates before the span, the chosen groups' tokens,
    non-candidates after the span. A cumsum of the per-group kept counts gives the length L and, in closed
    form, the token of any rank, so the program jumps to the token of the first rank it writes and scans
@@ -43,19 +45,20 @@ def _order_key(x, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _select(key, w, target, valid, g, KBITS: tl.constexpr):
-    """Radix select over a row of groups. Returns (t, gcut, count): see the module docstring."""
-    t = tl.where(tl.sum(tl.where(key >= 0, w, 0), 0) >= target, 0, tl.full([], -(1 << KBITS), tl.int32))
+def _select(key, k, valid, g, KBITS: tl.constexpr):
+    """Radix select of the top k groups of a row. Returns (t, gcut, count): see the module docstring."""
+    ones = valid.to(tl.int32)
+    t = tl.where(tl.sum(tl.where(key >= 0, ones, 0), 0) >= k, 0, tl.full([], -(1 << KBITS), tl.int32))
     bit = tl.full([], 1 << (KBITS - 1), tl.int32)
     for _ in range(KBITS):
         cand = t + bit
-        t = tl.where(tl.sum(tl.where(key >= cand, w, 0), 0) >= target, cand, t)
+        t = tl.where(tl.sum(tl.where(key >= cand, ones, 0), 0) >= k, cand, t)
         bit = bit >> 1
     gt = key > t
     eq = (key == t) & valid
-    w_eq = tl.where(eq, w, 0)
-    before = tl.sum(tl.where(gt, w, 0), 0) + tl.cumsum(w_eq, 0) - w_eq
-    take = eq & ~(before >= target)  # NaN mass never "reaches" the target: keep
+    n_eq = eq.to(tl.int32)
+    before = tl.sum(tl.where(gt, ones, 0), 0) + tl.cumsum(n_eq, 0) - n_eq
+    take = eq & (before < k)
     gcut = tl.max(tl.where(take, g, -1), 0)
     count = tl.sum((gt | (eq & (g <= gcut))).to(tl.int32), 0)
     return t, gcut, count
@@ -91,7 +94,7 @@ def select_gather_kernel(
     OUT, OPOS, OIDX, OLEN, OGRP,
     T, D, M, W, G, tgt_value, span_value, valid_value,
     s_vb, s_vt, s_vd, s_pb, s_pt, s_sb, s_sm, s_tgt, s_span, s_valid,
-    SAP: tl.constexpr, TGT_PTR: tl.constexpr, SPAN_PTR: tl.constexpr, VALID_PTR: tl.constexpr,
+    TGT_PTR: tl.constexpr, SPAN_PTR: tl.constexpr, VALID_PTR: tl.constexpr,
     SHIFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -109,26 +112,16 @@ def select_gather_kernel(
     else:
         a = tl.maximum(zero + valid_value, 0)
 
-    # 1. selection over the M candidate groups of this row
+    # 1. selection of the top k of the M candidate groups of this row
     g = tl.arange(0, BLOCK_M)
     gvalid = g < M
     raw = tl.load(SCO + row64 * s_sb + g * s_sm, mask=gvalid, other=0.0).to(tl.float32)
     key = tl.where(gvalid, _order_key(raw, SHIFT), -(1 << (31 - SHIFT)))
-    if SAP:
-        x = tl.where(gvalid & (raw == raw), raw, float("-inf"))
-        e = tl.exp(x - tl.max(x, 0))
-        w = e / tl.sum(e, 0)
-        if TGT_PTR:
-            target = tl.load(TGT + row * s_tgt).to(tl.float32)
-        else:
-            target = tl.full([], 0.0, tl.float32) + tgt_value
+    if TGT_PTR:
+        k = tl.minimum(tl.maximum(tl.load(TGT + row * s_tgt).to(tl.int64), 0), M).to(tl.int32)
     else:
-        w = tl.full([BLOCK_M], 1, tl.int32)
-        if TGT_PTR:
-            target = tl.minimum(tl.maximum(tl.load(TGT + row * s_tgt).to(tl.int64), 0), M).to(tl.int32)
-        else:
-            target = tl.minimum(tl.maximum(zero + tgt_value, 0), M)
-    t_star, gcut, count = _select(key, w, target, gvalid, g, 31 - SHIFT)
+        k = tl.minimum(tl.maximum(zero + tgt_value, 0), M)
+    t_star, gcut, count = _select(key, k, gvalid, g, 31 - SHIFT)
     chosen = (key > t_star) | ((key == t_star) & gvalid & (g <= gcut))
 
     # 2. placement: slots s of this program hold the kept tokens of rank r = s - (W - L)
@@ -206,8 +199,9 @@ def launch(
     if batch == 0:
         return result
 
-    sap = args.alpha is not None
-    target = args.alpha if sap else args.k
+    if args.alpha is not None:
+        raise ValueError("the kernel selects top-k groups: give SAP as per-row counts (see sap_counts)")
+    target = args.k
 
     def as_arg(x: object, default: float) -> tuple[Tensor, int, float | int, bool]:
         """(pointer, row stride, scalar value, is_pointer) for a per-row argument."""
@@ -218,8 +212,6 @@ def launch(
     tgt, s_tgt, tgt_value, tgt_ptr = as_arg(target, 0)
     span_t, s_span, span_value, span_ptr = as_arg(args.span_start, 0)
     valid_t, s_valid, valid_value, valid_ptr = as_arg(args.valid_start, 0)
-    if sap:
-        tgt_value = float(tgt_value)
 
     # Defaults from the sm_90 register counts of the compiled kernel (no spills up to M = 8192): the group
     # vectors dominate for large M, the [BLOCK_S, BLOCK_D] copy tile (128 bytes of a row per warp) else.
@@ -234,7 +226,7 @@ def launch(
         out, out_pos, out_idx, lengths, kept,
         tokens, dim, groups, width, args.group, tgt_value, span_value, valid_value,
         *values.stride(), *positions.stride(), *scores.stride(), s_tgt, s_span, s_valid,
-        SAP=sap, TGT_PTR=tgt_ptr, SPAN_PTR=span_ptr, VALID_PTR=valid_ptr,
+        TGT_PTR=tgt_ptr, SPAN_PTR=span_ptr, VALID_PTR=valid_ptr,
         SHIFT=_SHIFT[scores.dtype], BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_T=block_t, BLOCK_D=block_d,
         num_warps=num_warps,
     )  # fmt: skip

@@ -95,3 +95,9 @@ def fast3d(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, st
     code = run(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def one_error_line(stderr: str) -> bool:
+    """The run ended in exactly one ``fast3d: error:`` line, the last one (progress lines may precede it)."""
+    lines = stderr.splitlines()
+    return [line for line in lines if line.startswith("fast3d: error:")] == lines[-1:] and bool(lines)

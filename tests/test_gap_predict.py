@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fast3d_cli.stores import open_store
+from tests.conftest import one_error_line
 from tests.test_gap_train import build_gap_inputs, build_trained_gap, fast3d
 
 
@@ -145,7 +146,7 @@ def test_official_checkpoint_predicts_the_same(capsys, trained_gap, data_config,
     code, stdout, stderr = fast3d(
         capsys, *predict_args(tmp_path / "bad.pth", data_config, tmp_path / "b.zarr", *extra)
     )
-    assert code == 2 and stdout == "" and stderr.count("\n") == 1
+    assert code == 2 and stdout == "" and one_error_line(stderr)
     assert "1 missing key: out_head_attn.4.bias" in stderr
     assert "1 unexpected key: mm_encoder.layers.0.self_attn.pairwise_loc_fc.weight" in stderr
     assert not (tmp_path / "b.zarr").exists()
@@ -176,3 +177,13 @@ def test_two_processes_give_the_same_store(capsys, trained_gap, data_config, tmp
         left, right = (open_store(p).group(task, "val") for p in (single, double))
         assert right.is_complete()
         assert np.array_equal(left.read("object_scores"), right.read("object_scores"))
+
+
+def test_limit_writes_the_first_samples(capsys, trained_gap, data_config, tmp_path) -> None:
+    out = tmp_path / "small.zarr"
+    code, _, stderr = fast3d(capsys, *predict_args(trained_gap, data_config, out, "--limit", "5"))
+    assert code == 0, stderr
+    store = open_store(out)
+    for group in store.groups():
+        assert group.n_samples == 5 and group.is_complete()
+        assert group.read("sample_index").tolist() == [0, 1, 2, 3, 4]

@@ -22,7 +22,7 @@ from fast3d_cli.cli.app import run
 from fast3d_cli.models.chat_scene.io import save_pretrained
 from fast3d_cli.stores import create_store, open_store
 
-from .conftest import fast3d
+from .conftest import fast3d, one_error_line
 
 TINY_GAP = {
     "hidden_size": 32,
@@ -150,7 +150,7 @@ def test_training_lowers_kl_and_records_provenance(capsys, gap_inputs, data_conf
     code, stdout, _ = fast3d(capsys, *train_args(gap_inputs, data_config, out, "--epochs", "3"))
     assert code == 0 and stdout == f"{out}\n"
     code, stdout, stderr = fast3d(capsys, *train_args(gap_inputs, data_config, out, "--epochs", "4"))
-    assert code == 2 and "other settings" in stderr and stdout == "" and stderr.count("\n") == 1
+    assert code == 2 and "another settings.epochs (3 recorded, 4 now)" in stderr and one_error_line(stderr)
 
 
 def test_select_on_val_when_asked(capsys, gap_inputs, data_config, tmp_path) -> None:
@@ -264,14 +264,14 @@ def test_two_processes_train_one_model(gap_inputs, data_config, tmp_path) -> Non
 def test_refusals_exit_2(capsys, gap_inputs, data_config, tmp_path) -> None:
     def refused(*args: str) -> str:
         code, stdout, stderr = fast3d(capsys, *args)
-        assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+        assert code == 2 and stdout == "" and one_error_line(stderr), stderr
         return stderr
 
     out = tmp_path / "gap"
     base = train_args(gap_inputs, data_config, out, "--epochs", "1")
     assert "lack scan2cap/train, multi3dref/train" in refused(*base, "--tasks", "scanqa,scan2cap,multi3dref")
     err = refused(*base, "--tasks", "scanqa", "--select-on", "val", "--no-val")
-    assert "selecting on val needs the val evaluation" in err
+    assert "--select-on val needs the val evaluation" in err
 
     prediction = tmp_path / "pred.zarr"
     create_store(
@@ -308,3 +308,13 @@ def test_refusals_exit_2(capsys, gap_inputs, data_config, tmp_path) -> None:
 def _write(path: Path, payload: dict) -> str:
     path.write_text(json.dumps(payload))
     return str(path)
+
+
+def test_limit_trains_on_the_first_samples(capsys, gap_inputs, data_config, tmp_path) -> None:
+    out = tmp_path / "gap"
+    args = train_args(gap_inputs, data_config, out, "--tasks", "scanqa", "--limit", "10", "--epochs", "1")
+    code, stdout, stderr = fast3d(capsys, *args, "--batch-size", "4", "--holdout", "0.3", "--json")
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["samples"]["train"] + record["samples"]["holdout"] == 10
+    assert record["samples"]["val"] == 10 and record["identity"]["settings"]["limit"] == 10

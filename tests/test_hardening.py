@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -163,6 +164,27 @@ def test_damaged_chunks_are_named_by_every_reader(
     refused(capsys, *args, message=f"cannot read chunk {chunk}")
 
 
+@pytest.mark.parametrize("how", ["bit-flip", "truncated"])
+def test_info_verifies_the_chunks_it_reports(capsys, inputs, tmp_path: Path, how: str) -> None:
+    """info said "complete: yes" for a store whose score chunk was damaged; search-alpha then refused it."""
+    store = copy(inputs["maps"], tmp_path / "info.zarr")
+    code, _, stderr = fast3d(capsys, "info", str(store))
+    assert code == 0 and "written chunk files verified" in stderr, stderr
+    chunk = store / "scanqa/val/object_scores/c/1/0"
+    data = bytearray(chunk.read_bytes())
+    if how == "bit-flip":
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.write_bytes(bytes(data[: len(data) - 7]))
+    before = tree(store)
+    refused(capsys, "info", str(store), message=f"cannot read chunk {chunk}: corrupt or truncated")
+    refused(capsys, "info", str(store), "--json", message=f"cannot read chunk {chunk}")
+    code, _, stderr = fast3d(capsys, "info", str(store), "--no-verify")
+    assert code == 0 and "checksums: not verified (--no-verify)" in stderr, stderr
+    assert tree(store) == before
+
+
 # --------------------------------------------------------------------------------------------- foreign stores
 
 
@@ -172,9 +194,10 @@ def test_wrong_kind_and_foreign_stores(capsys, inputs, model_dir: Path, data_con
     out = tmp_path / "eval"
     refused(
         capsys, *eval_args(model_dir, root, out, "--method", "gap", "--keep", "5", "--maps", str(maps)),
-        message="is a 'attention' store; this method needs prediction",
+        message="is an 'attention' store; this method needs a 'prediction' store",
     )  # fmt: skip
-    refused(capsys, *eval_args(model_dir, root, out, *ORACLE, "--maps", str(pred)), message="needs attention")
+    args = eval_args(model_dir, root, out, *ORACLE, "--maps", str(pred))
+    refused(capsys, *args, message="needs an 'attention' store")
 
     # a stage never replaces another stage's store, not even with --overwrite
     attention = copy(maps, tmp_path / "attention.zarr")
@@ -378,6 +401,12 @@ def test_checkpoints_need_trust_to_run_code(capsys, inputs, data_config, tmp_pat
     args[1] = str(tmp_path / "evil.pth")
     error = refused(capsys, *args, message="loading it calls posix.system, which could run arbitrary code")
     assert "--trust-checkpoint" in error and not marker.exists() and not (tmp_path / "evil.zarr").exists()
+    with open(tmp_path / "evil-plain.pth", "wb") as handle:  # a plain pickle: torch's legacy reader path
+        pickle.dump({"model_state_dict": {}, "payload": WritesAFile(marker)}, handle)
+    args[1] = str(tmp_path / "evil-plain.pth")
+    refused(capsys, *args, message="loading it calls posix.system, which could run arbitrary code")
+    assert not marker.exists() and not (tmp_path / "evil.zarr").exists()
+    args[1] = str(tmp_path / "evil.pth")
 
     base_llm = tmp_path / "vicuna"  # never reached: the checkpoint is refused first
     base_llm.mkdir()

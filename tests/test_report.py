@@ -231,7 +231,7 @@ def test_skips_what_the_inputs_cannot_draw(runs: dict[str, Path], tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["score_ratio_per_task.png", "score_ratio_vs_pruning.png"]
     assert "skipped sap_kept_objects.png" in stderr and "skipped scene_topview.png" in stderr
     assert "running: evaluation not finished" in stderr
-    assert "no-baseline: no score ratio" in stderr
+    assert "no-baseline: score ratio n/a (run without a dense baseline)" in stderr
 
     # dense alone: nothing to compare, every picture is skipped
     code, stdout, stderr = fast3d(capsys, "report", str(runs["dense"]), "-o", str(tmp_path / "r2"), "--json")
@@ -283,7 +283,7 @@ def test_scene_view_leaves_out_padded_slots(runs: dict[str, Path], data_config: 
         ([], "no RESULT given"),
         (["{tmp}"], "is not an evaluation directory"),
         (["{dense}", "--true-maps", "{tmp}/missing.zarr"], "store not found"),
-        (["{dense}", "--true-maps", "{pred}"], "expected 'attention'"),
+        (["{dense}", "--true-maps", "{pred}"], "expected an 'attention' one"),
         (["{dense}", "--pred-maps", "{pred}", "--sample", "scanrefer"], "--sample must be TASK:INDEX"),
         (["{dense}", "--pred-maps", "{pred}", "--sample", "nosuch:1"], "unknown task"),
         (["{dense}", "--pred-maps", "{pred}", "--sample", "scanqa:999"], "has samples 0.."),
@@ -300,3 +300,58 @@ def test_user_errors_exit_2(
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not (tmp_path / "out").exists()
+
+
+def _one_task(path: Path, task: str = "scanqa") -> Path:
+    """Trim a written result to one task (as `fast3d eval --tasks scanqa` writes it)."""
+    metrics = json.loads((path / "metrics.json").read_text())
+    for key in ("headline", "samples"):
+        metrics[key] = {task: metrics[key][task]}
+    metrics["pruning"]["per_task"] = {task: metrics["pruning"]["per_task"][task]}
+    if "score_ratio" in metrics:
+        metrics["score_ratio"]["per_task"] = {task: metrics["score_ratio"]["per_task"][task]}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    for log in (path / "predictions").glob("*.jsonl"):
+        if log.stem != task:
+            log.unlink()
+    return path
+
+
+def _clipped(fig) -> list[str]:
+    """Texts (titles, legends) that reach outside the figure once drawn."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    artists = [*fig.texts, *fig.legends]
+    for ax in fig.axes:
+        artists += [ax.title, *([ax.get_legend()] if ax.get_legend() else [])]
+    found = []
+    for artist in artists:
+        if not artist.get_visible() or (hasattr(artist, "get_text") and not artist.get_text()):
+            continue
+        box = artist.get_window_extent(renderer)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            found.append(artist.get_text() if hasattr(artist, "get_text") else type(artist).__name__)
+    return found
+
+
+def test_one_task_pictures_fit_and_two_sap_runs_are_told_apart(
+    data_config: DataConfig, tmp_path: Path
+) -> None:
+    from fast3d_cli.report import load_results, plots
+
+    paths = [
+        _one_task(write_result(tmp_path / "eval-none", data_config, "none")),
+        _one_task(write_result(tmp_path / "eval-gap+sap", data_config, "gap+sap", alpha=0.2346, seed=1)),
+        _one_task(write_result(tmp_path / "eval-gap+sap-skip", data_config, "gap+sap", alpha=0.2346, seed=2)),
+    ]
+    results = load_results(paths, note=lambda message: None)
+    for build in (plots.score_ratio_vs_pruning_figure, plots.score_ratio_per_task_figure):
+        assert _clipped(build(results)) == [], build.__name__
+    for sap in (results, results[:2]):  # two SAP runs, and one
+        fig = plots.sap_kept_objects_figure(sap)
+        assert _clipped(fig) == []
+    fig = plots.sap_kept_objects_figure(results)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert any(label.startswith("eval-gap+sap:") for label in labels), labels
+    assert any(label.startswith("eval-gap+sap-skip:") for label in labels), labels

@@ -261,4 +261,5 @@ def test_cli_user_errors_are_one_line_and_exit_2(
         assert err.count("\n") == 1 and err.startswith("fast3d: error:") and message in err, err
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, err = fast3d(capsys, "search-alpha", "-")
-    assert code == 2 and out == "" and err == "fast3d: error: no store path on stdin (STORE is '-')\n"
+    assert code == 2 and out == ""
+    assert err == "fast3d: error: STORE -: no path on stdin (pipe the previous stage's output)\n"

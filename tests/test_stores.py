@@ -73,7 +73,7 @@ def test_open_refuses_what_is_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="is not a fast3d store"):
         open_store(tmp_path / "file.zarr")
     store, _ = make(tmp_path / "maps.zarr")
-    with pytest.raises(StoreError, match="is a 'attention' store, expected 'prediction'"):
+    with pytest.raises(StoreError, match="is an 'attention' store, expected a 'prediction' one"):
         open_store(tmp_path / "maps.zarr", kind="prediction")
     with pytest.raises(StoreError, match="has no scanrefer/val maps"):
         store.group("scanrefer", "val")

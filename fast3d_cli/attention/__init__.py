@@ -1,6 +1,13 @@
-"""Attention capture: the target model's all-layer attention over the visual tokens (spec §3)."""
+"""Attention capture: the target model's all-layer attention over the visual tokens (spec §3).
 
-from fast3d_cli.attention.capture import AttentionCapture, CaptureResult
-from fast3d_cli.attention.maps import aggregate_maps
+Exports load lazily (no torch until one is used)."""
 
-__all__ = ["AttentionCapture", "CaptureResult", "aggregate_maps"]
+from fast3d_cli._lazy import lazy_exports
+
+_EXPORTS = {
+    "AttentionCapture": "capture",
+    "CaptureResult": "capture",
+    "aggregate_maps": "maps",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

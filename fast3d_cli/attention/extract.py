@@ -7,8 +7,8 @@ are split into fixed chunks; rank r of W processes chunks r, r+W, ... and writes
 
 from __future__ import annotations
 
+import contextlib
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +21,16 @@ from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
-from fast3d_cli.stores import MapStore, StoreError, create_store, fill_missing_chunks, open_store
+from fast3d_cli.records import changed_fields, describe_change
+from fast3d_cli.stores import (
+    MapStore,
+    StoreError,
+    clear_directory,
+    create_store,
+    fill_missing_chunks,
+    open_store,
+    writer_lock,
+)
 from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
 
@@ -80,10 +89,6 @@ def data_fingerprints(
     return files_fingerprint(features), {k: files_fingerprint([p]) for k, p in annotations.items()}
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    return [k for k in keys if old.get(k) != new.get(k)]
-
-
 def prepare_store(
     path: Path,
     root_attrs: dict[str, Any],
@@ -93,24 +98,28 @@ def prepare_store(
 ) -> MapStore:
     """Coordinator only: create or validate the store and every task/split group."""
     path = Path(path)
-    if path.exists() and not is_store(path):
+    empty = path.is_dir() and not any(path.iterdir())  # e.g. just created by the writer lock
+    if path.exists() and not empty and not is_store(path):
         raise StoreError(f"{path} exists and is not a fast3d store; choose another output path")
-    if path.exists():
+    if path.exists() and not empty:
         store = open_store(path, read_only=False)
         if store.kind != root_attrs["kind"]:  # never replaced, even with --overwrite: another stage's output
             raise StoreError(
                 f"{path} is a store of {store.kind!r} maps; this stage writes {root_attrs['kind']!r} maps: "
                 "choose another output path"
             )
-        changed = _differences(store.attrs, root_attrs, ("model", "data", "aggregation"))
+        identity = ("model", "data", "aggregation")
+        old = {k: store.attrs.get(k) for k in identity}
+        changed = changed_fields(old, {k: root_attrs.get(k) for k in identity})
         if changed and not overwrite:
+            change = describe_change(old, root_attrs, changed[0])
             raise StoreError(
-                f"{path} was made with another {', '.join(changed)}; use --overwrite to replace it or choose "
-                "another output"
+                f"{path} was made with another {change}; use --overwrite to replace it or choose another "
+                "output"
             )
         if changed:
-            shutil.rmtree(path)
-    if not path.exists():
+            clear_directory(path)  # not the directory itself: the writer lock is on it
+    if not is_store(path):
         store = create_store(path, root_attrs)
     for key, (n_samples, annotation_fp) in groups.items():
         task, split = key.split("/")
@@ -194,8 +203,10 @@ def extract(
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}."""
+    """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}.
+    ``progress`` gets (group, samples done, total) after every chunk; ``phase`` a line when a phase starts."""
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
     keys = [(t, s) for t in settings.tasks for s in settings.splits]
     samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
@@ -216,28 +227,31 @@ def extract(
         "n_layers": n_layers,
         "chunk_size": settings.chunk_size,
     }
-    if rank == 0:
-        prepare_store(
-            out,
-            root_attrs,
-            {k: (len(v), annotation_fps[k]) for k, v in samples.items()},
-            settings.keep_layers,
-            overwrite,
-        )
-    barrier()
-    store = open_store(out, kind="attention", read_only=False)
-    computed = 0
-    banks = {split: SceneBank(data, split) for split in settings.splits}
-    for key, rows in samples.items():
-        task, split = key.split("/")
-        bank = banks[split]
-        computed += fill_missing_chunks(
-            store.group(task, split),
-            rows,
-            lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
-            rank,
-            world,
-            progress,
-        )
-    barrier()
+    if phase is not None:
+        phase(f"checking the output store {out}")
+    with writer_lock(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            prepare_store(
+                out,
+                root_attrs,
+                {k: (len(v), annotation_fps[k]) for k, v in samples.items()},
+                settings.keep_layers,
+                overwrite,
+            )
+        barrier()
+        store = open_store(out, kind="attention", read_only=False)
+        computed = 0
+        banks = {split: SceneBank(data, split) for split in settings.splits}
+        for key, rows in samples.items():
+            task, split = key.split("/")
+            bank = banks[split]
+            computed += fill_missing_chunks(
+                store.group(task, split),
+                rows,
+                lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
+                rank,
+                world,
+                progress,
+            )
+        barrier()
     return {"computed": computed, "store": store.summary(), "settings": asdict(settings)}

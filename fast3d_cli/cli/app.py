@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from fast3d_cli import __version__
 from fast3d_cli.cli import (
     config_command,
     demo_command,
@@ -18,7 +20,17 @@ from fast3d_cli.cli import (
     search_alpha_command,
 )
 from fast3d_cli.cli.common import set_invocation
-from fast3d_cli.cli.config_file import config_path, load_defaults
+from fast3d_cli.cli.config_file import FileDefaults, config_path, load_defaults
+from fast3d_cli.cli.errors import (
+    Abort,
+    ClickException,
+    NoArgsIsHelpError,
+    RecordingCommand,
+    click_error_line,
+    forget_context,
+    os_error_line,
+    user_error_line,
+)
 from fast3d_cli.errors import UserError
 
 app = typer.Typer(
@@ -33,14 +45,36 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.command("demo", rich_help_panel="Start here")(demo_command.demo_command)
-app.command("extract", rich_help_panel="Stages")(extract_command.extract_command)
-app.command("train-gap", rich_help_panel="Stages")(gap_commands.train_gap_command)
-app.command("predict", rich_help_panel="Stages")(gap_commands.predict_command)
-app.command("search-alpha", rich_help_panel="Stages")(search_alpha_command.search_alpha_command)
-app.command("eval", rich_help_panel="Stages")(eval_command.eval_command)
-app.command("info", rich_help_panel="Stores")(info_command.info_command)
-app.command("report", rich_help_panel="Analysis")(report_command.report_command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"fast3d {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Fast visual-token pruning for 3D multimodal LLMs (Chat-Scene), following Fast3D."""
+
+
+def _command(name: str, panel: str):
+    return app.command(name, rich_help_panel=panel, cls=RecordingCommand)
+
+
+_command("demo", "Start here")(demo_command.demo_command)
+_command("extract", "Stages")(extract_command.extract_command)
+_command("train-gap", "Stages")(gap_commands.train_gap_command)
+_command("predict", "Stages")(gap_commands.predict_command)
+_command("search-alpha", "Stages")(search_alpha_command.search_alpha_command)
+_command("eval", "Stages")(eval_command.eval_command)
+_command("info", "Stores")(info_command.info_command)
+_command("report", "Analysis")(report_command.report_command)
 app.add_typer(config_command.app, name="config", rich_help_panel="Settings")
 app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world")
 
@@ -48,22 +82,38 @@ app.add_typer(sample_commands.app, name="sample", rich_help_panel="Sample world"
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: user errors are one line on stderr and code 2."""
     set_invocation(argv)
+    forget_context()
+    defaults = FileDefaults(None)
     try:
         command = typer.main.get_command(app)
         args = sys.argv[1:] if argv is None else argv
         if not args:  # the overview, and success: nothing went wrong
             args = ["--help"]
         defaults = load_defaults(config_path(args), command)
-        command.main(args=args, prog_name="fast3d", default_map=defaults.default_map())
+        code = command.main(
+            args=args, prog_name="fast3d", default_map=defaults.default_map(), standalone_mode=False
+        )
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except UserError as err:
-        print(f"fast3d: error: {err}", file=sys.stderr)
+    except NoArgsIsHelpError as err:  # a command group without its sub-command: its help, as click does
+        err.show()
         return 2
-    except KeyboardInterrupt:
+    except UserError as err:
+        print(user_error_line(err, defaults), file=sys.stderr)
+        return 2
+    except ClickException as err:
+        print(click_error_line(err, defaults), file=sys.stderr)
+        return 2
+    except OSError as err:
+        line = os_error_line(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Abort):
         print("fast3d: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -14,7 +16,12 @@ from fast3d_cli.data.config import DataConfig, sample_data_dir
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="fast3d.toml with a [data] table (default: ./fast3d.toml if present)."),
+    typer.Option(
+        "--config",
+        # "\\[" keeps rich from reading "[data]" as markup and dropping it
+        help="Settings file with \\[data], \\[model] and \\[defaults.*] tables (default: ./fast3d.toml "
+        "if present).",
+    ),
 ]
 DataRootOption = Annotated[
     Path | None, typer.Option("--data-root", help="Annotation folder (default: the embedded sample world).")
@@ -111,3 +118,44 @@ def read_path_from_stdin(what: str) -> Path:
 def path_or_stdin(path: Path, what: str) -> Path:
     """``path``, or the path read from stdin when it is "-" (pipelines: ``a | fast3d b -``)."""
     return read_path_from_stdin(what) if str(path) == "-" else path
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """Refuse a malformed --device before torch is imported (whether CUDA is there is checked later)."""
+    from fast3d_cli.errors import UserError
+
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    from fast3d_cli.errors import UserError
+
+    if value not in choices:
+        raise UserError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def check_output_location(path: Path, option: str = "--output") -> Path:
+    """Refuse, before any work, an output that cannot be created: a missing path whose nearest existing
+    parent is not a directory (``-o /dev/null/x``), or not writable (permissions, a read-only file system).
+    An existing output is left to the stage (a rerun that finds everything done may write nothing)."""
+    from fast3d_cli.errors import UserError
+
+    path = Path(path)
+    if path.exists():
+        return path
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable"
+        raise UserError(f"cannot create {option} {path}: {parent} {why}")
+    return path

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption
+from fast3d_cli.cli.errors import RecordingCommand
 
 app = typer.Typer(help="Inspect the configuration (fast3d.toml, defaults, flags).", no_args_is_help=True)
 
@@ -57,7 +58,7 @@ def effective_settings(
     return rows
 
 
-@app.command("show")
+@app.command("show", cls=RecordingCommand)
 def show_command(
     config: ConfigOption = None,
     data_root: DataRootOption = None,

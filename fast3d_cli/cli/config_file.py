@@ -83,6 +83,12 @@ class FileDefaults:
 
     path: Path | None
     values: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
+    # where each value was set, for error messages: {command: {param: "fast3d.toml [defaults.eval] limit"}}
+    sources: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)
+
+    def set(self, command: tuple[str, ...], param: str, value: Any, where: str) -> None:
+        self.values.setdefault(command, {})[param] = value
+        self.sources.setdefault(command, {})[param] = where
 
     def default_map(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -115,10 +121,12 @@ def load_defaults(path: Path | None, root: Command) -> FileDefaults:
         for key, value in model.items():
             if key in params:
                 resolved = str((path.parent / value).resolve()) if key in PATH_KEYS else value
-                found.values.setdefault(name, {})[key] = resolved
+                found.set(name, key, resolved, f"{path} [model] {key} = {value!r}")
     for command_name, values in _command_tables(table.get("defaults", {}), commands, path):
+        table_name = f"[defaults.{'.'.join(command_name)}]"
         for key, value in values.items():
-            found.values.setdefault(command_name, {})[_param_name(commands[command_name], key)] = value
+            param = _param_name(commands[command_name], key)
+            found.set(command_name, param, value, f"{path} {table_name} {key} = {value!r}")
     return found
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import DeviceOption, JsonOption, emit
+from fast3d_cli.cli.common import DeviceOption, JsonOption, check_device, check_output_location, emit
 
 
 def demo_command(
@@ -30,12 +30,15 @@ def demo_command(
 
     Example: [bold]fast3d demo -o runs/demo[/bold]  (about 6 minutes on 2 CPU cores; reruns resume)
     """
-    from fast3d_cli.cli.progress import TaskProgress, print_comparison_table
+    from fast3d_cli.cli.progress import ProgressReporter, training_progress
+    from fast3d_cli.cli.tables import print_comparison_table
     from fast3d_cli.demo import DemoSettings, run_demo
     from fast3d_cli.errors import UserError
 
     if not 0 < target < 100:
         raise UserError(f"--target must be in (0, 100), got {target}")
+    check_device(device)
+    check_output_location(output)
     settings = DemoSettings(
         train_limit=train_limit,
         epochs=epochs,
@@ -46,12 +49,9 @@ def demo_command(
         device=device,
     )
 
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    with TaskProgress() as progress:
-        result = run_demo(output, settings, log, progress.update)
+    with ProgressReporter("demo") as progress:
+        result = run_demo(output, settings, progress.phase, progress.update, training_progress(progress))
     print_comparison_table(result["rows"], sys.stderr, "fast3d demo: the sample model pruned (values x100)")
     for name, path in result["paths"].items():
-        log(f"{name:>12}: {path}")
+        print(f"{name:>12}: {path}", file=sys.stderr)
     emit(output, result, as_json)

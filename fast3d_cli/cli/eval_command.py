@@ -19,6 +19,9 @@ from fast3d_cli.cli.common import (
     LoraAlphaOption,
     ModelOption,
     TrustCheckpointOption,
+    check_choice,
+    check_device,
+    check_output_location,
     data_config,
     emit,
     model_source,
@@ -135,16 +138,21 @@ def eval_command(
 
     Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
     """
-    from fast3d_cli.cli.progress import TaskProgress, print_metrics_table
+    from fast3d_cli.cli.progress import ProgressReporter
+    from fast3d_cli.cli.tables import print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
-    from fast3d_cli.generation import GenerationConfig
+    from fast3d_cli.evaluation.runner import EvalSettings, data_files
+    from fast3d_cli.generation.config import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
-    from fast3d_cli.pruning.methods import validate
+    from fast3d_cli.models.loading import DTYPES
+    from fast3d_cli.pruning.methods import preflight, validate
 
+    # every option is checked here, before anything imports torch or transformers
     task_names = parse_tasks(tasks)
     (split_name,) = parse_splits(split)
-    MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)  # validates the choice before any work
+    MetricOptions(scanqa_clean_refs, scan2cap_sos_eos)
+    check_device(device)
+    check_choice("--dtype", dtype, DTYPES)
     data = data_config(config, data_root)
     settings = EvalSettings(
         tasks=tuple(task_names),
@@ -160,21 +168,32 @@ def eval_command(
             method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, skip_padding, force
         ),
     )
-    validate(settings.pruning, None)  # bad pruning options fail before the model is read
+    validate(settings.pruning, None)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
-    output = output or Path(f"runs/eval-{method}")
+    output = check_output_location(output or Path(f"runs/eval-{method}"))
+    baseline = baseline or output.parent / "eval-none"
+    if settings.pruning.method != "none":
+        check_output_location(baseline, "--baseline")
+    data_files(data, settings.tasks, settings.split)
+    # the checks that read files (the maps store, the model's depth) also come before the model loads
     fingerprint = source.fingerprint()
-    target = source.load(device=device, dtype=dtype)
-    with TaskProgress() as progress:
+    preflight(settings.pruning, fingerprint, *source.shape(), data)
+
+    from fast3d_cli.evaluation.runner import run_pruned_eval
+
+    with ProgressReporter("eval") as progress:
+        progress.phase(f"loading the target model ({source.describe()})")
+        target = source.load(device=device, dtype=dtype)
         result = run_pruned_eval(
             target,
             fingerprint,
             data,
             settings,
             output,
-            baseline or output.parent / "eval-none",
+            baseline,
             overwrite=overwrite,
             progress=progress.update,
+            phase=progress.phase,
         )
     print_metrics_table(result, file=sys.stderr)
     emit(output / "metrics.json", result, as_json)

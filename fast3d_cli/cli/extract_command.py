@@ -18,6 +18,9 @@ from fast3d_cli.cli.common import (
     LoraAlphaOption,
     ModelOption,
     TrustCheckpointOption,
+    check_choice,
+    check_device,
+    check_output_location,
     command_line,
     data_config,
     emit,
@@ -57,11 +60,12 @@ def extract_command(
     Example: [bold]fast3d extract --tasks scanqa,scanrefer --split train,val -o maps.zarr[/bold]
     Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli extract ...[/bold]
     """
-    from fast3d_cli.attention.extract import ExtractSettings, extract
-    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.attention.extract import ExtractSettings
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.launch import distributed_context
+    from fast3d_cli.models.loading import DTYPES
 
+    # every option is checked here, before anything imports torch or transformers
     settings = ExtractSettings(
         tasks=tuple(parse_tasks(tasks)),
         splits=tuple(parse_splits(split)),
@@ -71,24 +75,35 @@ def extract_command(
         keep_layers=keep_layers,
         limit=limit,
     )
+    check_device(device)
+    check_choice("--dtype", dtype, DTYPES)
+    check_output_location(output)
     data = data_config(config, data_root)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
-    fingerprint = source.fingerprint()
-    with distributed_context(device) as dist:
+
+    from fast3d_cli.attention.extract import extract
+    from fast3d_cli.launch import distributed_context
+
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("extract", enabled=dist.is_main) as progress,
+    ):
+        progress.phase(f"loading the target model ({source.describe()})")
+        fingerprint = source.fingerprint()
         target = source.load(device=dist.device, dtype=dtype)
-        with TaskProgress(enabled=dist.is_main) as progress:
-            result = extract(
-                target,
-                fingerprint,
-                data,
-                settings,
-                output,
-                command=command_line(),
-                overwrite=overwrite,
-                rank=dist.rank,
-                world=dist.world,
-                barrier=dist.barrier,
-                progress=progress.update,
-            )
+        result = extract(
+            target,
+            fingerprint,
+            data,
+            settings,
+            output,
+            command=command_line(),
+            overwrite=overwrite,
+            rank=dist.rank,
+            world=dist.world,
+            barrier=dist.barrier,
+            progress=progress.update,
+            phase=progress.phase,
+        )
     if dist.is_main:
         emit(output, result, as_json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -13,57 +13,14 @@ from fast3d_cli.cli.common import (
     DeviceOption,
     JsonOption,
     TrustCheckpointOption,
+    check_device,
+    check_output_location,
     command_line,
     data_config,
     emit,
     path_or_stdin,
 )
-
-
-class TrainingBar:
-    """One progress bar on stderr: steps, epoch, current loss and learning rate (rank 0 only)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self._enabled = enabled
-        self._progress: Any = None
-        self._bar: Any = None
-
-    def __enter__(self) -> TrainingBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, event: Any) -> None:
-        if not self._enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if self._progress is None:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self._progress.start()
-            self._bar = self._progress.add_task("train-gap", total=event.total_steps, status="")
-        if event.phase == "evaluate":
-            status = "evaluating"
-        else:
-            loss = "" if event.loss is None else f"loss {event.loss:.4f}  "
-            status = f"{loss}lr {event.lr:.2e}" if event.lr is not None else loss
-        self._progress.update(
-            self._bar,
-            completed=event.step,
-            total=event.total_steps,
-            description=f"epoch {event.epoch}/{event.epochs}",
-            status=status,
-        )
+from fast3d_cli.errors import UserError
 
 
 def train_gap_command(
@@ -141,6 +98,10 @@ def train_gap_command(
     mixed_precision: Annotated[
         str, typer.Option("--mixed-precision", help="auto (bf16 on CUDA), no, bf16.")
     ] = "auto",
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only the first N samples of each task and split in the stores."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a training run made with other stores, data or settings.")
     ] = False,
@@ -156,8 +117,9 @@ def train_gap_command(
     """
     from fast3d_cli.data.tasks import parse_tasks
     from fast3d_cli.gap.sources import read_config_overrides
-    from fast3d_cli.gap.training import TrainSettings, train_gap
+    from fast3d_cli.gap.training import TrainSettings
 
+    # every option is checked here, before anything imports torch or transformers
     settings = TrainSettings(
         tasks=tuple(parse_tasks(tasks)) if tasks else None,
         epochs=epochs,
@@ -173,11 +135,23 @@ def train_gap_command(
         target=target,
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
+        limit=limit,
     )
+    check_device(device)
+    check_output_location(output)
+    for folder, option in ((text_encoder, "--text-encoder"), (tokenizer, "--tokenizer")):
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{option} folder not found: {folder}")
     stores = [path_or_stdin(store, "STORE") for store in stores]
     data = data_config(config, data_root)
     overrides = read_config_overrides(gap_config)
-    with TrainingBar() as bar:
+
+    from fast3d_cli.cli.progress import ProgressReporter, training_progress
+    from fast3d_cli.gap.training import train_gap
+    from fast3d_cli.launch import is_main_process
+
+    main = is_main_process()  # under accelerate launch, only rank 0 reports and prints
+    with ProgressReporter("train-gap", unit="steps", enabled=main) as progress:
         result = train_gap(
             stores,
             output,
@@ -190,11 +164,10 @@ def train_gap_command(
             overwrite=overwrite,
             device=device,
             command=command_line(),
-            progress=bar.update,
+            progress=training_progress(progress),
+            phase=progress.phase,
         )
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # under accelerate launch, only rank 0 prints
+    if main:
         emit(output, result, as_json)
 
 
@@ -220,6 +193,9 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N samples of each task and split.")
+    ] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="auto (bf16 autocast on CUDA), float32, bfloat16.")
     ] = "auto",
@@ -237,24 +213,34 @@ def predict_command(
     Example: [bold]fast3d predict gap/ --tasks scanqa,scanrefer --split val -o pred.zarr[/bold]
     Official checkpoint: [bold]fast3d predict checkpoint_best.pth --roberta roberta-base/ -o pred.zarr[/bold]
     """
-    from fast3d_cli.cli.progress import TaskProgress
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
-    from fast3d_cli.gap.predict import PredictSettings, predict
+    from fast3d_cli.gap.predict import PredictSettings
     from fast3d_cli.gap.sources import GAPSource
-    from fast3d_cli.launch import distributed_context
 
+    # every option is checked here, before anything imports torch or transformers
     settings = PredictSettings(
         tasks=tuple(parse_tasks(tasks)),
         splits=tuple(parse_splits(split)),
         batch_size=batch_size,
         chunk_size=chunk_size,
         dtype=dtype,
+        limit=limit,
     )
+    check_device(device)
+    check_output_location(output)
     data = data_config(config, data_root)
     source = GAPSource.from_path(
         path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config, trust_checkpoint=trust_checkpoint
     )
-    with distributed_context(device) as dist, TaskProgress(enabled=dist.is_main) as progress:
+
+    from fast3d_cli.gap.predict import predict
+    from fast3d_cli.launch import distributed_context
+
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("predict", enabled=dist.is_main) as progress,
+    ):
         result = predict(
             source,
             data,
@@ -267,6 +253,7 @@ def predict_command(
             world=dist.world,
             barrier=dist.barrier,
             progress=progress.update,
+            phase=progress.phase,
         )
     if dist.is_main:
         emit(output, result, as_json)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import JsonOption, emit
+from fast3d_cli.cli.common import JsonOption, emit, path_or_stdin
 
 
 def info_command(
     store: Annotated[Path, typer.Argument(help="A fast3d store, or '-' to read its path from stdin.")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Decode every written chunk file and check its checksum (default); --no-verify only reads "
+            "the commit markers, which is fast but does not find damaged score chunks.",
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Show the tasks, sample counts, completeness and provenance of a store.
@@ -22,11 +29,15 @@ def info_command(
     from rich.console import Console
     from rich.table import Table
 
+    from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.stores import open_store
 
-    if str(store) == "-":
-        store = Path(sys.stdin.readline().strip())
-    summary = open_store(store).summary()
+    store = path_or_stdin(store, "STORE")
+    opened = open_store(store)
+    with ProgressReporter("info") as progress:
+        if verify:
+            progress.phase(f"verifying the checksums of every written chunk file of {store}")
+        summary = opened.summary(verify=verify)
     if as_json:
         emit(store, summary, as_json=True)
         return
@@ -46,4 +57,9 @@ def info_command(
             "yes" if group["complete"] else "no",
         )
     console.print(table)
+    if verify:
+        files = sum(group.get("verified_files", 0) for group in summary["groups"])
+        console.print(f"checksums: all {files} written chunk files verified")
+    else:
+        console.print("checksums: not verified (--no-verify): a damaged chunk file is found when read")
     emit(store, None, as_json=False)

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit
+from fast3d_cli.cli.common import (
+    ConfigOption,
+    DataRootOption,
+    JsonOption,
+    check_output_location,
+    data_config,
+    emit,
+)
 from fast3d_cli.errors import UserError
 
 
@@ -52,6 +59,7 @@ def report_command(
     if len(splits) != 1:
         raise UserError(f"--split takes one split, got {split!r}")
     split_name = splits[0]
+    check_output_location(output)
 
     def note(message: str) -> None:
         print(message, file=sys.stderr)

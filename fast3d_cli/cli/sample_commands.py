@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import emit
+from fast3d_cli.cli.common import check_output_location, emit
+from fast3d_cli.cli.errors import RecordingCommand
 from fast3d_cli.data.config import sample_data_dir
 
 app = typer.Typer(help="Rebuild the embedded sample world and its tiny trained model.", no_args_is_help=True)
 
 
-@app.command("build-world")
+@app.command("build-world", cls=RecordingCommand)
 def build_world(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder (default: sample_data/).")
@@ -26,12 +27,12 @@ def build_world(
     """
     from fast3d_cli.sample_world import WorldSpec, generate_world
 
-    out = output or sample_data_dir()
+    out = check_output_location(output or sample_data_dir())
     generate_world(out, WorldSpec(seed=seed))
     emit(out, None, as_json=False)
 
 
-@app.command("train-model")
+@app.command("train-model", cls=RecordingCommand)
 def train_model(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Model directory.")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Annotation folder.")] = None,
@@ -46,7 +47,7 @@ def train_model(
     from fast3d_cli.sample_model.train import TrainSpec, train_sample_model
 
     data = DataConfig().with_overrides(root=data_root)
-    out = output or sample_data_dir() / "model"
+    out = check_output_location(output or sample_data_dir() / "model")
     spec = TrainSpec(seed=seed) if steps is None else TrainSpec(steps=steps, seed=seed)
     train_sample_model(out, data, spec)
     emit(out, None, as_json=False)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit
+from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit, path_or_stdin
 from fast3d_cli.errors import UserError
 
 
@@ -57,11 +56,7 @@ def search_alpha_command(
     from fast3d_cli.data.tasks import parse_tasks
     from fast3d_cli.pruning.alpha_search import search_alpha
 
-    if str(store) == "-":
-        line = sys.stdin.readline().strip()
-        if not line:
-            raise UserError("no store path on stdin (STORE is '-')")
-        store = Path(line)
+    store = path_or_stdin(store, "STORE")
     names = None if tasks is None or tasks.strip() in ("", "all") else parse_tasks(tasks)
     padding = data_config(config, data_root) if skip_padding else None
     result = search_alpha(
@@ -90,6 +85,6 @@ def search_alpha_command(
         console.print(
             "[dim]note: alpha is chosen on the split it is evaluated on (official, spec §8.13)[/dim]"
         )
-    if result.record_error:
-        console.print(f"[yellow]warning:[/yellow] {escape(result.record_error)}")
+    if result.record_error:  # the alpha is shown above, but eval --alpha auto cannot find it: a failure
+        raise UserError(f"{result.record_error}; nothing was recorded (eval --alpha auto needs the record)")
     emit(store, result.to_dict(), as_json)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fast3d_cli.errors import DataFileError
+from fast3d_cli.errors import DataFileError, UserError, naming_os_errors, removed_on_error
 
 
 def require_file(path: Path) -> Path:
@@ -46,9 +46,12 @@ def read_pt(path: Path) -> Any:
 
     import torch
 
+    from fast3d_cli.checkpoints import quiet_torch_load
+
     require_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_torch_load():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise DataFileError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # a damaged file makes the zip reader or the unpickler raise many types
@@ -61,20 +64,34 @@ def write_json(path: Path, data: Any, indent: int | None = None) -> None:
     """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=indent)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=indent)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def write_pt(path: Path, data: Any) -> None:
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        torch_save(data, tmp)
+        os.replace(tmp, path)
+
+
+def torch_save(data: Any, path: Path) -> None:
+    """``torch.save``; its C++ writer reports a failed write (a full disk) as a RuntimeError, which becomes
+    a :class:`UserError` naming ``path``."""
+    import torch
+
+    try:
+        torch.save(data, path)
+    except RuntimeError as err:
+        if "write" not in str(err).lower():
+            raise
+        reason = str(err).strip().splitlines()[0]
+        raise UserError(f"cannot write {path} (is the disk full?): {reason}") from None
 
 
 def feature_key(scene_id: str, obj_idx: int) -> str:

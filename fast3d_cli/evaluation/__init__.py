@@ -1,6 +1,14 @@
-"""Evaluation: generate answers for a task set, save per-sample predictions, score them (spec §6)."""
+"""Evaluation: generate answers for a task set, save per-sample predictions, score them (spec §6).
 
-from fast3d_cli.evaluation.predictions import PredictionLog
-from fast3d_cli.evaluation.runner import EvalSettings, run_eval, run_pruned_eval
+Exports load lazily (no torch until one is used)."""
 
-__all__ = ["EvalSettings", "PredictionLog", "run_eval", "run_pruned_eval"]
+from fast3d_cli._lazy import lazy_exports
+
+_EXPORTS = {
+    "PredictionLog": "predictions",
+    "EvalSettings": "runner",
+    "run_eval": "runner",
+    "run_pruned_eval": "runner",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

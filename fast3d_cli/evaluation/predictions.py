@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fast3d_cli.errors import naming_os_errors
+
 
 class PredictionLog:
     """``{task}.jsonl``: one record per finished sample. A torn last line (crash mid-write) is ignored."""
@@ -40,7 +42,7 @@ class PredictionLog:
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with self.path.open("a", encoding="utf-8") as handle:
+        with naming_os_errors(self.path), self.path.open("a", encoding="utf-8") as handle:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())

@@ -18,8 +18,10 @@ from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
 from fast3d_cli.pruning.methods import PruningSettings
+from fast3d_cli.records import changed_fields, describe_change
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
+PhaseCallback = Callable[[str], None]  # a phase without a counter starts (scoring, the dense baseline)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class EvalSettings:
     pruning: PruningSettings = field(default_factory=PruningSettings)
 
     def identity(self) -> dict[str, Any]:
-        """What must match for a rerun to reuse earlier predictions (tasks may grow)."""
+        """The settings that must match for a rerun to reuse earlier predictions (run.json ``settings``; what
+        they resolve to is recorded under ``resolved``)."""
         return {
             "split": self.split,
             "limit": self.limit,
@@ -61,20 +64,50 @@ def data_files(data: DataConfig, tasks: Sequence[str], split: str) -> list[Path]
     return files
 
 
+_RECORDED_KEYS = ("model", "data", "settings")
+_RESOLVED_KEYS = ("dtype", "attention", "maps", "gap")
+
+
+def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first field in which the evaluation recorded in run.json (``old``) differs from this one
+    (``new``), described for the user; None when this run may resume it."""
+    for key in _RECORDED_KEYS:
+        changed = changed_fields(old.get(key), new[key], key)
+        if changed:
+            return describe_change(old, new, changed[0])
+    was, now = old.get("resolved"), new["resolved"]
+    if was is None:  # written before fast3d recorded what the settings resolved to
+        if now.get("maps") or now.get("gap"):
+            return "fast3d version, which did not record the maps store, GAP network and alpha it resolved"
+        return None
+    for key in _RESOLVED_KEYS:
+        if was.get(key) != now.get(key):
+            return describe_change(was, now, key)
+    old_tasks, new_tasks = was.get("tasks") or {}, now.get("tasks") or {}
+    for task in sorted(set(old_tasks) & set(new_tasks)):
+        changed = changed_fields(old_tasks[task], new_tasks[task])
+        if changed:
+            return f"{describe_change(old_tasks[task], new_tasks[task], changed[0])} for {task}"
+    return None
+
+
 def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Check that ``out_dir`` holds nothing, or this same evaluation (resolved identity included), and write
+    its run.json. Another evaluation is refused, naming the first field that differs, unless ``overwrite``."""
     path = out_dir / "run.json"
     if path.is_file() and not overwrite:
         old = read_json(path)
-        for key in ("model", "data", "settings"):
-            if old.get(key) != manifest[key]:
-                raise UserError(
-                    f"{out_dir} holds an evaluation with a different {key}; use --overwrite to replace it or "
-                    "choose another --output"
-                )
+        change = _identity_change(old, manifest)
+        if change is not None:
+            raise UserError(
+                f"{out_dir} holds predictions made with another {change}; use --overwrite to replace them or "
+                "choose another --output"
+            )
     elif out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
+        if not overwrite and not path.is_file():
             raise UserError(f"{out_dir} exists and is not an evaluation directory; choose another --output")
         shutil.rmtree(out_dir / "predictions", ignore_errors=True)
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     write_json(path, manifest, indent=2)
 
 
@@ -188,6 +221,7 @@ def run_eval(
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    phase: PhaseCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (pruned as ``settings.pruning`` says) on ``settings.tasks``; returns the metrics
     document also written to metrics.json. Samples already in the prediction logs are not generated again."""
@@ -200,6 +234,9 @@ def run_eval(
     for task, rows in samples.items():
         if not rows:
             raise UserError(f"{task}/{settings.split} has no samples")
+    phase = phase or (lambda message: None)
+    if settings.pruning.maps is not None or settings.pruning.gap is not None:
+        phase(f"{settings.pruning.method}: reading {settings.pruning.maps or settings.pruning.gap}")
     pruner = Pruner(settings.pruning, model, model_fingerprint, data)
     pruner.check_samples([s for rows in samples.values() for s in rows])
     manifest = {
@@ -207,6 +244,11 @@ def run_eval(
         "model": model_fingerprint,
         "data": files_fingerprint(files),
         "settings": settings.identity(),
+        "resolved": {
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attention": getattr(model.llm.config, "_attn_implementation", None),
+            **pruner.resolved_identity([s for rows in samples.values() for s in rows]),
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(out_dir, manifest, overwrite)
@@ -219,7 +261,7 @@ def run_eval(
         done = log.read()
         todo = [s for s in task_samples if s.index not in done]
         if progress:
-            progress(task, len(task_samples) - len(todo), len(task_samples))
+            progress(f"{out_dir.name} {task}", len(task_samples) - len(todo), len(task_samples))
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start : start + settings.batch_size]
             out = generate_answers(model, bank, batch, settings.generation, pruner, timer)
@@ -231,8 +273,10 @@ def run_eval(
             )
             generated += len(batch)
             if progress:
-                progress(task, len(task_samples) - len(todo) + start + len(batch), len(task_samples))
+                done_now = len(task_samples) - len(todo) + start + len(batch)
+                progress(f"{out_dir.name} {task}", done_now, len(task_samples))
     seconds = time.perf_counter() - started
+    phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
     previous = out_dir / "metrics.json"
     speed = timer.summary(generated, seconds)
     if not generated and previous.is_file():  # nothing new: keep the speed measured when it was generated
@@ -277,19 +321,14 @@ def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_conf
 
 
 def add_score_ratio(result: dict[str, Any], baseline: dict[str, Any], baseline_dir: Path) -> dict[str, Any]:
-    """Attach the paper's score ratio (§7) of ``result`` against the dense ``baseline`` run."""
-    from fast3d_cli.metrics import score_ratio
-    from fast3d_cli.metrics.context import MetricsError
+    """Attach the paper's score ratio (§7) of ``result`` against the dense ``baseline`` run: the value and
+    the per-task values, None with a reason where undefined (a dense headline of 0)."""
+    from fast3d_cli.metrics import score_ratio_entry
 
     method, base = result["headline"], baseline["headline"]
-    shared = {t: v for t, v in base.items() if t in method}
+    shared = {t: v for t, v in base.items() if t in result.get("samples", method)}
     entry: dict[str, Any] = {"baseline": str(baseline_dir), "baseline_headline": shared}
-    try:
-        entry["value"] = round(score_ratio(method, shared), 4)
-        entry["per_task"] = {t: round(100 * method[t] / v, 4) for t, v in shared.items() if v}
-    except MetricsError as err:
-        entry["value"], entry["error"] = None, str(err)
-    result["score_ratio"] = entry
+    result["score_ratio"] = {**entry, **score_ratio_entry(method, shared)}
     return result
 
 
@@ -303,15 +342,19 @@ def run_pruned_eval(
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    phase: PhaseCallback | None = None,
 ) -> dict[str, Any]:
     """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
     ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it."""
     result = run_eval(
-        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress
+        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress, phase=phase
     )
     if settings.pruning.method == "none" or baseline_dir is None:
         return result
-    baseline = run_eval(model, model_fingerprint, data, settings.dense, baseline_dir, progress=progress)
+    if phase is not None:
+        phase(f"the dense run for the score ratio ({baseline_dir})")
+    dense = settings.dense
+    baseline = run_eval(model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase)
     add_score_ratio(result, baseline, baseline_dir)
     write_json(Path(out_dir) / "metrics.json", result, indent=2)
     return result

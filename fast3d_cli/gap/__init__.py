@@ -1,27 +1,21 @@
-"""GAP (Global Attention Prediction) network of Fast3D (spec §4): model, checkpoints, inputs, metrics."""
+"""GAP (Global Attention Prediction) network of Fast3D (spec §4): model, checkpoints, inputs, metrics.
 
-from fast3d_cli.gap.configuration import GAPConfig
-from fast3d_cli.gap.io import load_gap, load_official_gap_checkpoint, save_gap
-from fast3d_cli.gap.modeling import (
-    GAPModel,
-    captured_mass,
-    kl_distribution_loss,
-    kl_per_sample,
-    pairwise_locations,
-    topk_f1,
-    validation_metrics,
-)
+Exports load lazily (the configuration and settings need no torch)."""
 
-__all__ = [
-    "GAPConfig",
-    "GAPModel",
-    "captured_mass",
-    "kl_distribution_loss",
-    "kl_per_sample",
-    "load_gap",
-    "load_official_gap_checkpoint",
-    "pairwise_locations",
-    "save_gap",
-    "topk_f1",
-    "validation_metrics",
-]
+from fast3d_cli._lazy import lazy_exports
+
+_EXPORTS = {
+    "GAPConfig": "configuration",
+    "load_gap": "io",
+    "load_official_gap_checkpoint": "io",
+    "save_gap": "io",
+    "GAPModel": "modeling",
+    "captured_mass": "modeling",
+    "kl_distribution_loss": "modeling",
+    "kl_per_sample": "modeling",
+    "pairwise_locations": "modeling",
+    "topk_f1": "modeling",
+    "validation_metrics": "modeling",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

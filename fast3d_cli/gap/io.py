@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from fast3d_cli.errors import CheckpointError, UserError
+from fast3d_cli.errors import CheckpointError, UserError, naming_os_errors, removed_on_error
 from fast3d_cli.gap.configuration import CONFIG_NAME, GAPConfig, text_config_from_dir
 from fast3d_cli.gap.modeling import GAPModel
 
@@ -152,7 +152,8 @@ def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
 
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)

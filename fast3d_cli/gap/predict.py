@@ -18,6 +18,7 @@ whole; a rerun computes only the missing chunks. Store creation and validation r
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.errors import UserError
 from fast3d_cli.gap.sources import GAPSource
-from fast3d_cli.stores import StoreError, fill_missing_chunks, open_store
+from fast3d_cli.stores import StoreError, fill_missing_chunks, open_store, writer_lock
 from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
 
@@ -41,6 +42,13 @@ class PredictSettings:
     batch_size: int = 64
     chunk_size: int = 64
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    limit: int | None = None  # first N samples of each task/split (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown --dtype {self.dtype!r} for predict; choose {', '.join(DTYPES)}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
 
     def aggregation(self, gap_fingerprint: str, precision: str) -> dict[str, Any]:
         """What the scores mean; part of the store identity (a rerun with other values is refused)."""
@@ -53,9 +61,10 @@ class PredictSettings:
         }
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
 def _precision(dtype: str, device: str) -> str:
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"unknown --dtype {dtype!r} for predict; choose auto, float32 or bfloat16")
     if dtype == "bfloat16" and not device.startswith("cuda"):
         raise UserError("bfloat16 (autocast) prediction is for CUDA only")
     if dtype == "auto":
@@ -107,6 +116,22 @@ def training_provenance(source: GAPSource) -> dict[str, Any]:
     }
 
 
+def _prepare_prediction_store(
+    out: Path, root_attrs: dict[str, Any], groups: dict[str, tuple[int, str]], overwrite: bool
+) -> None:
+    """Coordinator only: create or validate the store; one made with another GAP network is named first."""
+    from fast3d_cli.attention.extract import prepare_store
+
+    if out.exists() and is_store(out) and not overwrite:
+        old = (open_store(out).attrs.get("gap") or {}) if open_store(out).kind == "prediction" else None
+        if old is not None and old.get("fingerprint") != root_attrs["gap"]["fingerprint"]:
+            raise StoreError(
+                f"{out} was made with another GAP network ({old.get('path')}); use --overwrite to replace it "
+                "or choose another output"
+            )
+    prepare_store(out, root_attrs, groups, False, overwrite)
+
+
 def predict(
     gap: GAPSource | Path,
     data: DataConfig,
@@ -120,22 +145,26 @@ def predict(
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fill the prediction store ``out`` for every task/split; returns {"computed": n, "store": summary, ...}.
 
     ``gap`` is a :class:`GAPSource` or a GAP directory. A store made with another GAP network, other data or
     other settings is refused unless ``overwrite``.
     """
-    from fast3d_cli.attention.extract import data_fingerprints, prepare_store
+    from fast3d_cli.attention.extract import data_fingerprints
 
     source = gap if isinstance(gap, GAPSource) else GAPSource.from_path(Path(gap))
     description = source.describe()
     precision = _precision(settings.dtype, device)
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
-    samples = {f"{t}/{s}": load_samples(data, t, s) for t in settings.tasks for s in settings.splits}
+    keys = [(t, s) for t in settings.tasks for s in settings.splits]
+    samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
     for key, rows in samples.items():
         if not rows:
             raise UserError(f"{key} has no samples")
+    if phase is not None:
+        phase(f"loading the GAP network ({description['path']})")
     model, tokenizer = source.load(device=device)
     if model.config.max_obj_num != data.max_obj_num:
         raise UserError(
@@ -159,36 +188,26 @@ def predict(
         "training": {k: v for k, v in trained.items() if k not in ("model", "n_layers", "n_visual")},
     }
     out = Path(out)
-    if rank == 0:
-        if out.exists() and is_store(out) and not overwrite:
-            old = open_store(out).attrs
-            if (
-                old.get("kind") == "prediction"
-                and (old.get("gap") or {}).get("fingerprint") != description["fingerprint"]
-            ):
-                raise StoreError(
-                    f"{out} was made with another GAP network ({(old.get('gap') or {}).get('path')}); use "
-                    "--overwrite to replace it or choose another output"
-                )
-        prepare_store(
-            out, root_attrs, {k: (len(v), annotation_fps[k]) for k, v in samples.items()}, False, overwrite
-        )
-    barrier()
-    store = open_store(out, kind="prediction", read_only=False)
-    banks = {split: SceneBank(data, split) for split in settings.splits}
-    computed = 0
-    for key, rows in samples.items():
-        task, split = key.split("/")
-        bank = banks[split]
-        computed += fill_missing_chunks(
-            store.group(task, split),
-            rows,
-            lambda chunk, bank=bank: predict_chunk(
-                model, tokenizer, bank, chunk, settings.batch_size, precision
-            ),
-            rank,
-            world,
-            progress,
-        )
-    barrier()
+    with writer_lock(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            groups = {k: (len(v), annotation_fps[k]) for k, v in samples.items()}
+            _prepare_prediction_store(out, root_attrs, groups, overwrite)
+        barrier()
+        store = open_store(out, kind="prediction", read_only=False)
+        banks = {split: SceneBank(data, split) for split in settings.splits}
+        computed = 0
+        for key, rows in samples.items():
+            task, split = key.split("/")
+            bank = banks[split]
+            computed += fill_missing_chunks(
+                store.group(task, split),
+                rows,
+                lambda chunk, bank=bank: predict_chunk(
+                    model, tokenizer, bank, chunk, settings.batch_size, precision
+                ),
+                rank,
+                world,
+                progress,
+            )
+        barrier()
     return {"computed": computed, "store": store.summary(), "gap": description, "settings": asdict(settings)}

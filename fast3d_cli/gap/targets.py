@@ -21,7 +21,7 @@ import numpy as np
 from fast3d_cli.data import DataConfig, Sample, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.data.tasks import TASKS
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 from fast3d_cli.stores import MapStore, StoreError, open_store
 
 TARGET_ARRAYS = ("object_scores", "prompt_scores")
@@ -111,8 +111,8 @@ def open_attention_stores(paths: Sequence[Path]) -> list[MapStore]:
         kind = store.attrs.get("kind")
         if kind != "attention":
             raise StoreError(
-                f"{path} is a {kind!r} store; train-gap needs the target model's attention maps "
-                "(an 'attention' store written by fast3d extract)"
+                f"{path} is {article(str(kind))} {kind!r} store; train-gap needs the target model's "
+                "attention maps (an 'attention' store written by fast3d extract)"
             )
         stores.append(store)
     for key in ("model", "data", "n_objects"):
@@ -130,6 +130,7 @@ def load_targets(
     required_splits: Sequence[str],
     optional_splits: Sequence[str] = (),
     target: str = "object_scores",
+    limit: int | None = None,
 ) -> TargetSet:
     """Join the stores' groups for ``tasks`` x splits and check them against ``data``.
 
@@ -137,7 +138,7 @@ def load_targets(
     task/split of ``required_splits`` must exist (the error lists all that are missing); those of
     ``optional_splits`` are loaded when present. Refused (exit 2): a prediction store, stores that disagree,
     an object count other than ``data.max_obj_num``, features other than the stores', an annotation file
-    other than the group's, an incomplete group.
+    other than the group's, an incomplete group. ``limit``: only the first N samples of each group.
     """
     from fast3d_cli.attention.extract import data_fingerprints
     from fast3d_cli.evaluation.fingerprint import files_fingerprint
@@ -184,7 +185,10 @@ def load_targets(
             if key in where and key not in result.groups:
                 path = require_file(data.annotation_path(task, split))
                 fingerprint = files_fingerprint([path])
-                result.groups[key] = _read_group(where[key][0], task, split, data, target, fingerprint)
+                group = _read_group(where[key][0], task, split, data, target, fingerprint)
+                if limit is not None:
+                    group.samples, group.targets = group.samples[:limit], group.targets[:limit]
+                result.groups[key] = group
     return result
 
 

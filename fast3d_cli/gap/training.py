@@ -45,10 +45,12 @@ import numpy as np
 
 from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank
-from fast3d_cli.errors import UserError
+from fast3d_cli.data.formats import torch_save
+from fast3d_cli.errors import UserError, naming_os_errors, removed_on_error
 from fast3d_cli.gap.configuration import GAPConfig
 from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
 from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
+from fast3d_cli.records import changed_fields, describe_change
 
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -92,33 +94,44 @@ class TrainSettings:
     target: str = "object_scores"
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU
     eval_batch_size: int = 64
+    limit: int | None = None  # only the first N samples of each task/split in the stores (quick runs)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.limit is not None and self.limit < 1:
+            problems.append("--limit must be >= 1")
         if self.epochs < 1:
-            problems.append("epochs must be >= 1")
+            problems.append("--epochs must be >= 1")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            problems.append("batch sizes must be >= 1")
+            problems.append("--batch-size and --eval-batch-size must be >= 1")
         if self.lr <= 0 or (self.text_lr is not None and self.text_lr < 0):
-            problems.append("learning rates must be positive")
+            problems.append("--lr must be > 0 and --text-lr >= 0")
         if self.warmup_epochs < 0:
-            problems.append("warmup must be >= 0 epochs")
+            problems.append("--warmup-epochs must be >= 0")
         if not 0.0 <= self.min_lr_multi <= 1.0:
             problems.append("min_lr_multi must be in [0, 1]")
         if self.select_on not in SELECT_SETS:
-            problems.append(f"select_on must be one of {', '.join(SELECT_SETS)}, not {self.select_on!r}")
+            problems.append(f"--select-on must be one of {', '.join(SELECT_SETS)}, not {self.select_on!r}")
         if self.select_metric not in SELECT_METRICS:
             problems.append(
-                f"select metric must be one of {', '.join(SELECT_METRICS)}, not {self.select_metric!r}"
+                f"--select-metric must be one of {', '.join(SELECT_METRICS)}, not {self.select_metric!r}"
             )
         if self.select_on == "holdout" and not 0.0 < self.holdout < 1.0:
-            problems.append(f"holdout must be in (0, 1) when selecting on it, not {self.holdout}")
+            problems.append(f"--holdout must be in (0, 1) when selecting on it, not {self.holdout}")
         if self.select_on == "val" and self.evaluate_val is False:
-            problems.append("selecting on val needs the val evaluation")
+            problems.append("--select-on val needs the val evaluation (not --no-val)")
         if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}")
+            choices = ", ".join(MIXED_PRECISION)
+            problems.append(f"--mixed-precision must be one of {choices}, not {self.mixed_precision!r}")
         if problems:
             raise UserError("invalid training settings: " + "; ".join(problems))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings part of the run identity (``limit`` only when given: earlier runs stay resumable)."""
+        data = asdict(self)
+        if data["limit"] is None:
+            data.pop("limit")
+        return data
 
     def resolved_text_lr(self, pretrained: bool) -> float:
         if self.text_lr is not None:
@@ -408,11 +421,12 @@ def _fsync_dir(path: Path) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -451,16 +465,16 @@ def load_training_checkpoint(out: Path) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
-    import torch
 
     directory = Path(out) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{payload['step']:08d}.pt"
     tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with naming_os_errors(path), removed_on_error(tmp):
+        torch_save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(directory)
     for old in checkpoint_paths(out):
         if old != path:
@@ -506,10 +520,10 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> di
     found = record.get("identity") if record else checkpoint_identity
     if found is not None and found != identity:
         if not overwrite:
-            changed = sorted(k for k in identity if identity.get(k) != found.get(k)) or ["settings"]
+            changed = changed_fields(found, identity) or ["settings"]
             raise UserError(
-                f"{out} holds a training run with other {', '.join(changed)}; use --overwrite to replace it "
-                "or choose another output"
+                f"{out} holds a training run with another {describe_change(found, identity, changed[0])}; "
+                "use --overwrite to replace it or choose another output"
             )
         return {"overwrite": True}
     if record is not None and record.get("complete") and found == identity:
@@ -558,6 +572,7 @@ def train_gap(
     device: str = "auto",
     command: str = "",
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a GAP network on the maps of ``stores``; returns the ``training.json`` record.
 
@@ -581,7 +596,9 @@ def train_gap(
     tasks_hint = list(settings.tasks) if settings.tasks else None
     optional = () if settings.evaluate_val is False else ("val",)
     required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
-    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target)
+    if phase is not None and main:
+        phase(f"reading the attention maps of {', '.join(str(s) for s in stores)}")
+    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target, settings.limit)
     use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
     banks = {"train": SceneBank(data, "train"), "val": SceneBank(data, "val")}
     network = resolve_network(
@@ -613,7 +630,7 @@ def train_gap(
                 "model": tset.model,
                 "data": tset.data,
                 "tasks": list(tset.tasks),
-                "settings": asdict(settings),
+                "settings": settings.identity(),
                 "gap_config": config.to_dict(),
                 "text_encoder": _dir_fingerprint(text_encoder) if text_encoder else None,
                 "tokenizer": network.tokenizer_source.get("fingerprint"),
@@ -673,6 +690,8 @@ def train_gap(
         _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
 
     # --- model, optimizer, schedule, state ---------------------------------------------------------------
+    if phase is not None and main:
+        phase(f"building the GAP network ({len(train)} training samples, {total_steps} steps)")
     torch.manual_seed(settings.seed)
     model = network.build()
     pooler = getattr(model.text_encoder, "pooler", None)
@@ -738,7 +757,7 @@ def train_gap(
     def log(line: dict[str, Any]) -> None:
         state["metrics_lines"] += 1
         if main:
-            with open(out / METRICS_NAME, "a") as handle:
+            with naming_os_errors(out / METRICS_NAME), open(out / METRICS_NAME, "a") as handle:
                 handle.write(json.dumps(line) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -1,38 +1,26 @@
-"""Text generation: HF-4.31-faithful greedy/beam search over a swappable prefill/step/select decoder."""
+"""Text generation: HF-4.31-faithful greedy/beam search over a swappable prefill/step/select decoder.
 
-from fast3d_cli.generation.config import GenerationConfig
-from fast3d_cli.generation.decoder import (
-    Decoder,
-    DecodeState,
-    HFCausalLMDecoder,
-    check_left_padded,
-    position_ids_from_mask,
-    select_state,
-)
-from fast3d_cli.generation.postprocess import decode_batch, postprocess
-from fast3d_cli.generation.search import (
-    BeamHypotheses,
-    apply_min_length,
-    apply_repetition_penalty,
-    beam_search,
-    generate,
-    greedy_search,
-)
+Exports load lazily (``GenerationConfig`` needs no torch)."""
 
-__all__ = [
-    "BeamHypotheses",
-    "DecodeState",
-    "Decoder",
-    "GenerationConfig",
-    "HFCausalLMDecoder",
-    "apply_min_length",
-    "apply_repetition_penalty",
-    "beam_search",
-    "check_left_padded",
-    "decode_batch",
-    "generate",
-    "greedy_search",
-    "position_ids_from_mask",
-    "postprocess",
-    "select_state",
-]
+from fast3d_cli._lazy import lazy_exports
+
+# eager: the function shares its name with its (torch-free) module, which would otherwise shadow it
+from fast3d_cli.generation.postprocess import decode_batch, postprocess  # noqa: F401
+
+_EXPORTS = {
+    "GenerationConfig": "config",
+    "Decoder": "decoder",
+    "DecodeState": "decoder",
+    "HFCausalLMDecoder": "decoder",
+    "check_left_padded": "decoder",
+    "position_ids_from_mask": "decoder",
+    "select_state": "decoder",
+    "BeamHypotheses": "search",
+    "apply_min_length": "search",
+    "apply_repetition_penalty": "search",
+    "beam_search": "search",
+    "generate": "search",
+    "greedy_search": "search",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted([*_EXPORTS, "decode_batch", "postprocess"])

@@ -109,11 +109,11 @@ class HFCausalLMDecoder:
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
-            past_key_values=DynamicCache(config=self.model.config),
+            cache=DynamicCache(config=self.model.config),
             use_cache=True,
             logits_to_keep=1,
         )
-        state = DecodeState(cache=out.past_key_values, attention_mask=mask, next_position=mask.sum(-1))
+        state = DecodeState(cache=out.cache, attention_mask=mask, next_position=mask.sum(-1))
         return out.logits[:, -1].float(), state
 
     @torch.no_grad()
@@ -124,11 +124,11 @@ class HFCausalLMDecoder:
             input_ids=token_ids.to(mask.device).view(-1, 1),
             attention_mask=mask,
             position_ids=state.next_position.view(-1, 1),
-            past_key_values=state.cache,
+            cache=state.cache,
             use_cache=True,
         )
         new_state = replace(
-            state, cache=out.past_key_values, attention_mask=mask, next_position=state.next_position + 1
+            state, cache=out.cache, attention_mask=mask, next_position=state.next_position + 1
         )
         return out.logits[:, -1].float(), new_state
 

@@ -48,7 +48,13 @@ from fast3d_cli.metrics.grounding import (
     scanrefer_pred_id,
 )
 from fast3d_cli.metrics.qa import scanqa_metrics, sqa3d_metrics
-from fast3d_cli.metrics.ratio import HEADLINE_METRICS, headline_scores, score_ratio
+from fast3d_cli.metrics.ratio import (
+    HEADLINE_METRICS,
+    format_score_ratio,
+    headline_scores,
+    score_ratio,
+    score_ratio_entry,
+)
 from fast3d_cli.metrics.scan2cap import scan2cap_metrics, strip_sos_eos
 from fast3d_cli.metrics.tasks import (
     CAPTION_TASKS,
@@ -92,6 +98,7 @@ __all__ = [
     "corpus_bleu4",
     "evaluate_task",
     "fallback_tokenize",
+    "format_score_ratio",
     "headline_scores",
     "list_tasks",
     "multi3dref_f1",
@@ -105,6 +112,7 @@ __all__ = [
     "scanrefer_metrics",
     "scanrefer_pred_id",
     "score_ratio",
+    "score_ratio_entry",
     "sqa3d_metrics",
     "strip_sos_eos",
     "valid_object_ids",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fast3d_cli.metrics.context import MetricsError
 
@@ -38,3 +39,38 @@ def score_ratio(method: Mapping[str, float], baseline: Mapping[str, float]) -> f
     if zero:
         raise MetricsError(f"score_ratio: baseline is 0 for {', '.join(zero)}; leave out these tasks")
     return sum(method[task] / baseline[task] for task in tasks) / len(tasks) * 100
+
+
+def score_ratio_entry(method: Mapping[str, float], baseline: Mapping[str, float]) -> dict[str, Any]:
+    """The score ratio as reported (metrics.json ``score_ratio``, the tables, ``fast3d report``): ``value``
+    (percent) and ``per_task``, each None where the ratio is undefined, with the reason in ``reason`` and
+    ``per_task_reasons`` (a dense headline of 0, a headline one run lacks). A ratio of 0 is 0, not missing."""
+    per_task: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    for task in sorted(set(method) | set(baseline), key=list(HEADLINE_METRICS).index):
+        if task not in baseline:
+            reasons[task] = f"the dense run has no {HEADLINE_METRICS[task]}"
+        elif task not in method:
+            reasons[task] = f"this run has no {HEADLINE_METRICS[task]}"
+        elif baseline[task] == 0:
+            reasons[task] = f"the dense {HEADLINE_METRICS[task]} is 0"
+        else:
+            per_task[task] = round(100 * method[task] / baseline[task], 4)
+            continue
+        per_task[task] = None
+    entry: dict[str, Any] = {"value": None, "per_task": per_task}
+    if reasons:
+        entry["reason"] = "undefined for " + "; ".join(f"{t} ({why})" for t, why in reasons.items())
+        entry["per_task_reasons"] = reasons
+    elif per_task:
+        entry["value"] = round(score_ratio(method, baseline), 4)
+    else:
+        entry["reason"] = "the run and the dense run have no task in common"
+    return entry
+
+
+def format_score_ratio(value: float | None, reason: str | None = None) -> str:
+    """``"95.61%"``, ``"0.00%"`` or ``"n/a (REASON)"``: an undefined ratio is never shown as a number."""
+    if value is None:
+        return f"n/a ({reason})" if reason else "n/a"
+    return f"{value:.2f}%"

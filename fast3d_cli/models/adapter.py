@@ -175,7 +175,7 @@ class CausalLMView(nn.Module):
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(logits=logits, cache=out.cache)
 
 
 @dataclass

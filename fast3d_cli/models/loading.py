@@ -41,6 +41,28 @@ class ModelSource:
         directory = Path(self.model_dir)
         return [directory / "config.json", directory / "model.safetensors"]
 
+    def shape(self) -> tuple[int | None, int | None]:
+        """(decoder layers, objects per scene) read from the config files without loading anything, so
+        options that depend on them are checked before the model loads; None where a file does not say."""
+        import json
+
+        directory = Path(self.base_llm) if self.checkpoint is not None else Path(self.model_dir)
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError):
+            return None, None
+        text = config.get("text_config", config) if isinstance(config, dict) else {}
+        layers = text.get("num_hidden_layers") if isinstance(text, dict) else None
+        objects = config.get("max_obj_num", 100) if self.checkpoint is None else 100
+        valid = [_positive_int(v) for v in (layers, objects)]
+        return valid[0], valid[1]
+
+    def describe(self) -> str:
+        """Where the model comes from, for progress lines."""
+        if self.checkpoint is not None:
+            return f"{self.checkpoint} on {self.base_llm}"
+        return str(self.model_dir)
+
     def fingerprint(self) -> str:
         missing = [p for p in self.files() if not p.is_file()]
         if missing:
@@ -67,6 +89,10 @@ class ModelSource:
             model = from_pretrained(self.model_dir, dtype=torch_dtype)
         model.llm.set_attn_implementation(preferred_attention(resolved_device, torch_dtype))  # both loaders
         return model.to(resolved_device)
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def preferred_attention(device: str, dtype: Any) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 from fast3d_cli.pruning.budgets import check_alpha, input_level_ratio, reference_alpha, sap_keep_counts
 
 WEIGHTINGS = ("task", "sample")
@@ -242,7 +242,8 @@ def _open(store_or_path: Any, read_only: bool = True):
         store = open_store(store.path, read_only=False)
     if store.kind not in KINDS:
         kinds = " or ".join(KINDS)
-        raise UserError(f"{store.path} is a {store.kind!r} store; search-alpha reads {kinds} stores")
+        what = f"{article(store.kind)} {store.kind!r} store"
+        raise UserError(f"{store.path} is {what}; search-alpha reads {kinds} stores")
     return store
 
 
@@ -347,7 +348,8 @@ def search_alpha(
 
 
 def _record(store: Any, result: AlphaSearch) -> None:
-    """Merge the result into the root attributes; a read-only store is reported, not fatal."""
+    """Merge the result into the root attributes; a failure (a read-only store, a full disk) is reported in
+    ``result.record_error`` (the CLI prints the result, then exits 2)."""
     from fast3d_cli import __version__
 
     payload = {k: v for k, v in result.to_dict().items() if k not in ("store", "recorded", "record_error")}
@@ -357,6 +359,7 @@ def _record(store: Any, result: AlphaSearch) -> None:
         writable = _open(store, read_only=False)
         writable.update_attrs(**{key: payload})
     except (OSError, UserError) as err:
-        result.record_error = f"could not record alpha in {store.path}: {err}"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        result.record_error = f"could not record alpha in {store.path}: {reason}"
         return
     result.recorded = True

@@ -154,7 +154,7 @@ class _LayerRunner:
                 hidden,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 position_embeddings=rotary,
             )

@@ -193,3 +193,26 @@ def kept_summary(kept_tokens: Sequence[int], budget: Budget) -> dict[str, float]
         ),
         "mean_kept_tokens": round(mean_kept, 4),
     }
+
+
+def preflight(
+    settings: PruningSettings, model_fingerprint: str, n_layers: int | None, n_objects: int | None, data: Any
+) -> None:
+    """Every check of the pruning options that needs files but not the model, run before it loads: the
+    depth (``--layer``, ``--ratio``), and with ``--maps`` the store's kind, model, data, object count and
+    recorded alpha. ``n_layers``/``n_objects`` None: those checks wait for the loaded model."""
+    from fast3d_cli.pruning.pruner import store_data_problems
+    from fast3d_cli.pruning.scorers import StoreMaps
+
+    spec = validate(settings, n_layers)
+    store_alpha = None
+    if settings.maps is not None:
+        problems = store_data_problems(data)
+        maps = StoreMaps(settings.maps, spec.map_kinds, model_fingerprint, problems, settings.force)
+        if n_objects is not None:
+            maps.check_objects(n_objects)
+        store_alpha = maps.alpha(settings.skip_padding)
+    if settings.gap is not None and not Path(settings.gap).exists():
+        raise UserError(f"GAP network not found: {settings.gap}")
+    if n_layers is not None and n_objects is not None:
+        resolve_budget(spec, settings, n_layers, n_objects, store_alpha)

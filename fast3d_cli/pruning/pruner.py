@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class BatchPlan:
         return [sorted({int(t) // TOKENS_PER_OBJECT for t in row if t >= 0}) for row in rows]
 
 
-def _data_problems(data: DataConfig) -> Any:
+def store_data_problems(data: DataConfig) -> Any:
     features = files_fingerprint([data.path(data.feats_3d), data.path(data.feats_2d)])
 
     def problems(store: Any) -> list[str]:
@@ -75,10 +76,10 @@ class Pruner:
         self.data = data
         self.maps: StoreMaps | None = None
         self.gap: tuple[Any, Any] | None = None
+        self.gap_fingerprint: str | None = None
         if settings.maps is not None:
-            self.maps = StoreMaps(
-                settings.maps, self.spec.map_kinds, model_fingerprint, _data_problems(data), settings.force
-            )
+            kinds, problems = self.spec.map_kinds, store_data_problems(data)
+            self.maps = StoreMaps(settings.maps, kinds, model_fingerprint, problems, settings.force)
         if settings.gap is not None:
             self.gap = self._load_gap(settings, model_fingerprint)
         n_objects = model.config.max_obj_num
@@ -93,6 +94,7 @@ class Pruner:
         from fast3d_cli.gap.sources import GAPSource
 
         source = GAPSource.from_path(settings.gap)
+        self.gap_fingerprint = source.fingerprint()
         trained_for = training_provenance(source).get("model")
         if trained_for is not None and trained_for != model_fingerprint and not settings.force:
             raise UserError(
@@ -117,6 +119,24 @@ class Pruner:
             "fixed_count": self.settings.fixed_count,
             "sap_mean_kept_objects": self.adaptive_mean_kept,
         }
+
+    def resolved_identity(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """What the settings resolved to, as far as it changes the predictions: the maps store (absolute
+        location) or the GAP network (fingerprint), and per task the budget (``--alpha auto``'s value, the
+        ``--fixed-count`` count) and the fingerprint of the maps rows it reads. A resumed evaluation must
+        resolve to the same values."""
+        b = self.budget
+        tasks: dict[str, dict[str, Any]] = {}
+        for sample in samples:
+            tasks.setdefault(sample.task, {"keep": b.keep, "alpha": b.alpha, "split": sample.split})
+        if self.maps is not None:
+            for task, entry in tasks.items():
+                rows = [s for s in samples if s.task == task]
+                entry["maps_rows"] = self.maps.rows_fingerprint(task, entry["split"], rows)
+        for entry in tasks.values():
+            entry.pop("split")
+        maps = None if self.maps is None else str(Path(self.maps.store.path).resolve())
+        return {"maps": maps, "gap": self.gap_fingerprint, "tasks": tasks}
 
     def check_samples(self, samples: Sequence[Sample]) -> None:
         """Refuse (exit 2) when the maps store lacks samples to evaluate."""

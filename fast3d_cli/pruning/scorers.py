@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fast3d_cli.data import Sample
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 
 
 def to_granularity(scores: Tensor, native_group: int, group: int) -> Tensor:
@@ -103,7 +103,10 @@ class StoreMaps:
 
         self.store = open_store(path)
         if self.store.kind not in kinds:
-            raise UserError(f"{path} is a {self.store.kind!r} store; this method needs {' or '.join(kinds)}")
+            raise UserError(
+                f"{path} is {article(self.store.kind)} {self.store.kind!r} store; this method needs "
+                f"{' or '.join(f'{article(k)} {k!r}' for k in kinds)} store"
+            )
         if not force:
             problems = data_check(self.store)
             if self.store.attrs.get("model") != model_fingerprint:
@@ -127,6 +130,17 @@ class StoreMaps:
                 index: row["object_scores"] for index, row in group.iter_samples(("object_scores",))
             }
         return self._rows[task, split]
+
+    def rows_fingerprint(self, task: str, split: str, samples: Sequence[Sample]) -> str:
+        """sha256 (16 hex) of the object_scores the evaluation of ``samples`` reads: the maps' content, as far
+        as the predictions depend on it."""
+        import hashlib
+
+        have = self.rows(task, split)
+        digest = hashlib.sha256()
+        for sample in samples:
+            digest.update(np.ascontiguousarray(have[sample.index], dtype=np.float32).tobytes())
+        return digest.hexdigest()[:16]
 
     def check_covers(self, task: str, split: str, samples: Sequence[Sample]) -> None:
         have = self.rows(task, split)

@@ -80,7 +80,7 @@ def make_report(
 
     for result in results:
         if not result.is_dense and result.score_ratio is None:
-            note(f"{result.path}: no score ratio (run without a dense baseline); left out of the ratio plots")
+            note(f"{result.path}: score ratio n/a ({result.score_ratio_reason}); left out of the ratio plots")
     scored = [r for r in results if not r.is_dense and r.score_ratio is not None]
     if scored:
         wrote(plots.score_ratio_vs_pruning(results, out_dir / FILES["ratio"]))

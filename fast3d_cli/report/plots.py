@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from fast3d_cli.errors import naming_os_errors
 from fast3d_cli.report.results import EvalResult
 from fast3d_cli.report.scene import SceneView
 
@@ -39,9 +40,25 @@ def _figure(**kwargs: Any):
     return fig
 
 
+def wrap_to_width(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` wrapped into lines that fit ``width_in`` inches at ``fontsize`` points (so a title is never
+    wider than its figure and clipped)."""
+    per_char_in = 0.6 * fontsize / 72  # a generous average glyph width of DejaVu Sans
+    chars = max(12, int(0.92 * width_in / per_char_in))
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
+
+
+def _legend_columns(width_in: float, labels: Sequence[str], fontsize: float, most: int = 3) -> int:
+    """How many legend columns of these labels fit in ``width_in`` inches."""
+    longest = max((len(label) for label in labels), default=1)
+    column_in = longest * 0.6 * fontsize / 72 + 0.9  # text plus the marker and the gap
+    return max(1, min(most, len(labels), int(width_in // column_in)))
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    with naming_os_errors(path):
+        fig.savefig(path, dpi=DPI, facecolor="white")
     return path
 
 
@@ -149,6 +166,10 @@ def _method_labels(groups: dict[str, list[EvalResult]]) -> dict[str, str]:
 
 def score_ratio_vs_pruning(results: Sequence[EvalResult], path: Path) -> Path:
     """Score ratio against the layer-averaged pruning ratio, one series per method."""
+    return _save(score_ratio_vs_pruning_figure(results), path)
+
+
+def score_ratio_vs_pruning_figure(results: Sequence[EvalResult]):
     groups = _method_groups(results)
     colors = method_colors(list(groups))
     dense = any(r.is_dense for r in results)
@@ -170,17 +191,22 @@ def score_ratio_vs_pruning(results: Sequence[EvalResult], path: Path) -> Path:
         fontsize=9,
         frameon=False,
     )
-    return _save(fig, path)
+    return fig
 
 
 def score_ratio_per_task(results: Sequence[EvalResult], path: Path) -> Path:
     """The same per task: per-task score ratio against the per-task layer-averaged ratio."""
+    return _save(score_ratio_per_task_figure(results), path)
+
+
+def score_ratio_per_task_figure(results: Sequence[EvalResult]):
     groups = _method_groups(results)
     colors = method_colors(list(groups))
     dense = any(r.is_dense for r in results)
     tasks = task_order(results)
     rows, cols = _grid(len(tasks))
-    fig = _figure(figsize=(4.3 * cols, 3.5 * rows + (0.4 if rows * cols > len(tasks) else 1.2)))
+    width = max(4.3 * cols, 5.2)
+    fig = _figure(figsize=(width, 3.5 * rows + (0.4 if rows * cols > len(tasks) else 1.6)))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         points = {
@@ -195,7 +221,8 @@ def score_ratio_per_task(results: Sequence[EvalResult], path: Path) -> Path:
         ax.set_title(task)
         ax.set_xlabel("pruned, layer-averaged (%)")
         ax.set_ylabel("score ratio (%)")
-    fig.suptitle("Score ratio per task against the per-task pruning ratio", fontsize=13)
+    title = "Score ratio per task against the per-task pruning ratio"
+    fig.suptitle(wrap_to_width(title, width, 13), fontsize=13)
     shown = [
         m
         for m, rs in groups.items()
@@ -208,20 +235,32 @@ def score_ratio_per_task(results: Sequence[EvalResult], path: Path) -> Path:
     if spare:  # the legend fills the first empty cell of the grid
         spare[0].legend(handles=handles, loc="center", fontsize=10, frameon=False)
     else:
-        fig.legend(
-            handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=9, frameon=False
-        )
-    return _save(fig, path)
+        columns = _legend_columns(width, [h.get_label() for h in handles], 9)
+        fig.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=9, frameon=False)
+    return fig
 
 
 def sap_kept_objects(results: Sequence[EvalResult], path: Path) -> Path:
     """Histograms of kept objects per sample under SAP, one panel per task, one step line per SAP result."""
+    return _save(sap_kept_objects_figure(results), path)
+
+
+def sap_run_label(result: EvalResult) -> str:
+    """A SAP result in a legend: its evaluation directory (what tells two gap+sap runs apart), method, α."""
+    alpha = "?" if result.alpha is None else f"{result.alpha:.4g}"
+    return f"{result.name}: {result.method}, α={alpha}, {result.layer_averaged_ratio:.1f}% pruned"
+
+
+def sap_kept_objects_figure(results: Sequence[EvalResult]):
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     sap = [r for r in results if r.is_sap]
     tasks = task_order(sap)
     rows, cols = _grid(len(tasks))
-    fig = _figure(figsize=(4.3 * cols, 3.4 * rows + 0.6))
+    width = max(4.3 * cols, 5.2)
+    runs = 0 if len(sap) == 1 else len(sap)  # one legend row per run under the panels
+    fig = _figure(figsize=(width, 3.4 * rows + 0.8 + 0.25 * runs))
     axes = fig.subplots(rows, cols, squeeze=False)
     palette = [METHOD_COLORS.get(r.method, "tab:red") for r in sap]
     if len(set(palette)) < len(sap):
@@ -235,15 +274,14 @@ def sap_kept_objects(results: Sequence[EvalResult], path: Path) -> Path:
         high = max(int(c.max()) for c in counts.values())
         bins = np.arange(low - 0.5, high + 1.5)
         for i, values in counts.items():
-            result, color = sap[i], palette[i]
-            prefix = f"{result.method} α={result.alpha:.3g}: " if len(sap) > 1 else ""
+            color = palette[i]
             ax.hist(
                 values,
                 bins=bins,
                 histtype="step",
                 linewidth=1.8,
                 color=color,
-                label=f"{prefix}mean {values.mean():.2f} (dashed), n={len(values)}",
+                label=f"mean {values.mean():.2f}, n={len(values)}",
             )
             ax.axvline(values.mean(), color=color, linestyle="--", linewidth=1)
         ax.set_ylim(0, ax.get_ylim()[1] * (1.2 + 0.1 * len(counts)))  # headroom for the legend
@@ -257,16 +295,22 @@ def sap_kept_objects(results: Sequence[EvalResult], path: Path) -> Path:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     if len(sap) == 1:
-        only = sap[0]
-        alpha = "?" if only.alpha is None else f"{only.alpha:.4g}"
-        title = (
-            f"Kept objects per sample under SAP: {only.method}, α={alpha}, "
-            f"{only.layer_averaged_ratio:.1f}% pruned (layer-averaged)"
-        )
+        title = f"Kept objects per sample under SAP (dashed: mean): {sap_run_label(sap[0])} (layer-averaged)"
     else:
         title = "Kept objects per sample under SAP (dashed: mean)"
-    fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
+        handles = [
+            Line2D([], [], color=palette[i], linewidth=1.8, label=sap_run_label(r)) for i, r in enumerate(sap)
+        ]
+        labels = [h.get_label() for h in handles]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=_legend_columns(width, labels, 9, most=2),
+            fontsize=9,
+            frameon=False,
+        )
+    fig.suptitle(wrap_to_width(title, width, 12), fontsize=12)
+    return fig
 
 
 def _box_patch(box: Any, **style: Any) -> Any:

@@ -41,8 +41,9 @@ class EvalResult:
     input_ratio: float
     layer_averaged_ratio: float
     mean_kept_tokens: float
-    score_ratio: float | None  # percent; 100 for the dense run; None when there is no baseline
+    score_ratio: float | None  # percent; 100 for the dense run; None when undefined (see the reason)
     per_task: dict[str, TaskPoint] = field(default_factory=dict)
+    score_ratio_reason: str | None = None  # why score_ratio is None
     headline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -138,12 +139,15 @@ def load_result(path: Path) -> EvalResult:
     method = str(pruning.get("method", "none"))
     tasks = list(metrics.get("samples") or metrics["headline"])
     ratio = metrics.get("score_ratio") or {}
+    reason = None
     if method == "none":
         total: float | None = 100.0
-        task_scores: dict[str, float] = {t: 100.0 for t in metrics["headline"]}
+        task_scores: dict[str, float | None] = {t: 100.0 for t in metrics["headline"]}
     else:
         total = None if ratio.get("value") is None else float(ratio["value"])
-        task_scores = {t: float(v) for t, v in (ratio.get("per_task") or {}).items()}
+        task_scores = {t: None if v is None else float(v) for t, v in (ratio.get("per_task") or {}).items()}
+        if total is None:
+            reason = ratio.get("reason") or ratio.get("error") or "run without a dense baseline"
     per_task = {}
     for task, row in (pruning.get("per_task") or {}).items():
         per_task[task] = TaskPoint(
@@ -168,6 +172,7 @@ def load_result(path: Path) -> EvalResult:
         layer_averaged_ratio=_float(pruning.get("layer_averaged_ratio")),
         mean_kept_tokens=_float(pruning.get("mean_kept_tokens")),
         score_ratio=total,
+        score_ratio_reason=reason,
         per_task=per_task,
         headline={t: float(v) for t, v in metrics["headline"].items()},
     )

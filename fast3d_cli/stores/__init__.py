@@ -1,6 +1,7 @@
 """Chunked zarr stores of attention maps: the artifact every stage reads and writes."""
 
 from fast3d_cli.stores.chunks import fill_missing_chunks
+from fast3d_cli.stores.lock import clear_directory, writer_lock
 from fast3d_cli.stores.store import (
     KINDS,
     SCHEMA_VERSION,
@@ -17,7 +18,9 @@ __all__ = [
     "MapGroup",
     "MapStore",
     "StoreError",
+    "clear_directory",
     "create_store",
     "fill_missing_chunks",
     "open_store",
+    "writer_lock",
 ]

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fast3d_cli.errors import UserError
+from fast3d_cli.errors import UserError, article
 
 SCHEMA_VERSION = 1
 KINDS = ("attention", "prediction")
@@ -299,7 +299,22 @@ class MapGroup:
             for row, sample in enumerate(index[start:stop]):
                 yield int(sample), {n: v[row] for n, v in block.items()}
 
-    def summary(self) -> dict[str, Any]:
+    def verify(self, chunks: set[int] | None = None) -> int:
+        """Decode every array's file of the complete chunks (or ``chunks``), checking their CRC32C checksums;
+        a damaged one raises :class:`StoreError` naming the file. Returns the number of files checked."""
+        chunks = self.completed_chunks() if chunks is None else chunks
+        checked = 0
+        for name in self.array_names():
+            if name not in KNOWN_ARRAYS:
+                continue
+            array = self.array(name)
+            for chunk in sorted(chunks):
+                start, stop = self.chunk_bounds(chunk)
+                array[start:stop]
+                checked += 1
+        return checked
+
+    def summary(self, verify: bool = False) -> dict[str, Any]:
         done = self.completed_chunks()
         written = sum(self.chunk_bounds(c)[1] - self.chunk_bounds(c)[0] for c in done)
         return {
@@ -310,6 +325,7 @@ class MapGroup:
             "chunks": f"{len(done)}/{self.n_chunks}",
             "complete": len(done) == self.n_chunks,
             "arrays": self.array_names(),
+            **({"verified_files": self.verify(done)} if verify else {}),
         }
 
 
@@ -395,8 +411,11 @@ class MapStore:
             add("layer_scores", (n_layers, n_obj), "float16", np.nan, ["layer", "object"])
         return MapGroup(self, task, split)
 
-    def summary(self) -> dict[str, Any]:
-        return {"path": str(self.path), **self.attrs, "groups": [g.summary() for g in self.groups()]}
+    def summary(self, verify: bool = False) -> dict[str, Any]:
+        """Attributes and per-group completeness; ``verify``: also decode every written chunk file
+        (checksums), raising :class:`StoreError` naming a damaged one."""
+        groups = [g.summary(verify) for g in self.groups()]
+        return {"path": str(self.path), **self.attrs, "groups": groups, "checksums_verified": verify}
 
 
 def _is_store(path: Path) -> bool:
@@ -428,20 +447,24 @@ def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> M
             f"{path} has store schema version {version!r}; this fast3d reads version {SCHEMA_VERSION}"
         )
     if attrs.get("kind") not in KINDS:
-        raise StoreError(f"{path} is a {attrs.get('kind')!r} store; fast3d stores are {' or '.join(KINDS)}")
+        kind = attrs.get("kind")
+        what = f"{article(str(kind))} {kind!r} store"
+        raise StoreError(f"{path} is {what}; fast3d stores are {' or '.join(KINDS)}")
     for key, minimum in (("chunk_size", 1), ("n_objects", 1), ("n_visual", 0), ("n_layers", 0)):
         _count(attrs, key, minimum, str(path))
     if kind is not None and store.kind != kind:
-        raise StoreError(f"{path} is a {store.kind!r} store, expected {kind!r}")
+        what = f"{article(store.kind)} {store.kind!r} store"
+        raise StoreError(f"{path} is {what}, expected {article(kind)} {kind!r} one")
     return store
 
 
 def create_store(path: Path, attrs: Mapping[str, Any]) -> MapStore:
-    """Coordinator only: create a new, empty store. Refuses an existing path."""
+    """Coordinator only: create a new, empty store. Refuses an existing path (an empty directory is fine:
+    the writer lock creates it)."""
     import zarr
 
     path = Path(path)
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise StoreError(f"{path} already exists")
     if attrs.get("kind") not in KINDS:
         raise ValueError(f"store kind must be one of {KINDS}")

@@ -1,0 +1,107 @@
+"""Result tables on stderr (stdout carries paths and JSON): eval's metrics and the demo's comparison."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def print_metrics_table(result: dict[str, Any], file: IO[str]) -> None:
+    table = Table(title="fast3d eval (values x100)")
+    table.add_column("task")
+    table.add_column("headline metric")
+    table.add_column("value", justify="right")
+    table.add_column("samples", justify="right")
+    for task, value in result.get("headline", {}).items():
+        from fast3d_cli.metrics import HEADLINE_METRICS
+
+        shown = "n/a" if value is None else f"{100 * value:.2f}"
+        metric = escape(HEADLINE_METRICS[task])  # "[task] ..." would otherwise be read as rich markup
+        table.add_row(task, metric, shown, str(result.get("samples", {}).get(task, "")))
+    console = Console(file=file)
+    console.print(table)
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False)
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Pruning, score ratio and speed of an eval result, one line each."""
+    lines = []
+    p = result.get("pruning") or {}
+    if p.get("method", "none") != "none":
+        budget = f"keep {p['keep']}" if p.get("keep") is not None else f"alpha {p.get('alpha')}"
+        lines.append(
+            f"{p['method']} ({budget}, layer {p['layer']}): pruned {p['layer_averaged_ratio']:.2f}% "
+            f"layer-averaged / {p['input_ratio']:.2f}% input-level, {p['mean_kept_tokens']:.1f} visual "
+            f"tokens kept, prefill FLOPs x{p['flops_ratio']}"
+        )
+    ratio = result.get("score_ratio")
+    if ratio:
+        from fast3d_cli.metrics import format_score_ratio
+
+        shown = format_score_ratio(ratio.get("value"), ratio.get("reason") or ratio.get("error"))
+        tasks = ratio.get("per_task") or {}
+        per_task = ", ".join(f"{t} {format_score_ratio(v)}" for t, v in tasks.items())
+        per_task = per_task if len(tasks) > 1 else ""
+        lines.append(
+            f"score ratio {shown} against the dense run in {ratio['baseline']}"
+            + (f" (per task: {per_task})" if per_task else "")
+        )
+    speed = result.get("speed") or {}
+    if speed.get("samples_per_s"):
+        peak = speed.get("peak_memory_mib")
+        lines.append(
+            f"speed: {speed['samples_per_s']} samples/s, prefill {speed.get('prefill_ms_per_sample')} "
+            f"ms/sample, decode {speed.get('decode_ms_per_token')} ms/token, peak memory "
+            + ("n/a (CPU)" if peak is None else f"{peak} MiB")
+        )
+    return lines
+
+
+def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str) -> None:
+    """The paper-style table: headline metrics (x100), score ratio, both pruning ratios, kept objects."""
+    from fast3d_cli.metrics import HEADLINE_METRICS
+
+    tasks = list(HEADLINE_METRICS)
+    table = Table(title=title, caption=COMPARISON_CAPTION)
+    table.add_column("method")
+    for task in tasks:
+        table.add_column(SHORT_TASK_NAMES.get(task, task), justify="right")
+    for name in ("ratio %", "pruned %", "kept", "smp/s"):
+        table.add_column(name, justify="right")
+    notes = []
+    for row in rows:
+        values = [row["headline"].get(t) for t in tasks]
+        speed = row.get("samples_per_s")
+        ratio = "n/a" if row["score_ratio"] is None else f"{row['score_ratio']:.2f}"
+        if row["score_ratio"] is None:
+            reason = row.get("score_ratio_reason") or "no baseline"
+            notes.append(f"{row['method']}: score ratio n/a ({reason})")
+        table.add_row(
+            escape(row["method"]),
+            *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
+            ratio,
+            f"{row['layer_averaged_ratio']:.1f}/{row['input_ratio']:.1f}",
+            f"{row['mean_kept_objects']:.1f}",
+            "-" if speed is None else f"{speed:.1f}",
+        )
+    wide = Console(file=file, width=max(Console(file=file).width, 118))
+    wide.print(table)
+    for note in notes:
+        wide.print(note, markup=False, highlight=False)
+
+
+SHORT_TASK_NAMES = {
+    "scanrefer": "ScanRefer",
+    "multi3dref": "M3DRef",
+    "scan2cap": "Scan2Cap",
+    "scanqa": "ScanQA",
+    "sqa3d": "SQA3D",
+}
+COMPARISON_CAPTION = (
+    "ScanRefer Acc@0.5, Multi3DRef F1@0.5, Scan2Cap B-4@0.5, ScanQA B-4, SQA3D EM-R (x100); ratio = score "
+    "ratio vs dense; pruned = layer-averaged/input-level %; kept = mean objects; smp/s = samples per second"
+)

@@ -1,0 +1,60 @@
+"""One writer per store: the stage that creates or fills a store holds an exclusive lock on its directory.
+
+Two ``extract`` (or ``predict``) commands started together on one new store both found no store, and the
+second to create it failed with "already exists". The store directory is created atomically (``mkdir``)
+and ``flock``-ed by the writer for the whole stage; another writer is refused while it runs, saying so.
+Readers do not lock. Under ``accelerate launch`` only the coordinating process (rank 0) takes the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from fast3d_cli.stores.store import StoreError
+
+
+@contextlib.contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive writer lock of the store at ``path`` (its directory is created if missing; an
+    empty directory this call created is removed again when the stage fails before writing anything)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = False
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+        created = True
+    if not path.is_dir():
+        raise StoreError(f"{path} exists and is not a fast3d store; choose another output path")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"another process is writing {path} (a fast3d stage started on the same output); wait for it "
+                "to finish, then rerun this command to reuse or complete the store"
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only while still empty
+            raise
+    finally:
+        os.close(fd)
+
+
+def clear_directory(path: Path) -> None:
+    """Delete what ``path`` holds but keep the directory itself (and so the writer lock on it)."""
+    import shutil
+
+    for child in Path(path).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
