@@ -51,14 +51,13 @@ def build_tiny_model(data: DataConfig, seed: int = 0, hidden: int = 32, layers: 
     from fast3d_cli.data import SceneBank, load_samples
     from fast3d_cli.data.tasks import TASKS
     from fast3d_cli.models.chat_scene import ChatSceneConfig, ChatSceneModel
-    from fast3d_cli.sample_model.tokenizer import build_tokenizer
-    from fast3d_cli.sample_model.train import _vocabulary_texts
+    from fast3d_cli.sample_model.tokenizer import build_tokenizer, sample_texts
 
     torch.manual_seed(seed)
     samples = [s for t in TASKS for split in ("train", "val") for s in load_samples(data, t, split)]
     d3, d2 = SceneBank(data, "train").feature_dims
     base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
-    tokenizer = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
+    tokenizer = build_tokenizer(sample_texts(samples, base), base.obj_tokens())
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden,

@@ -22,7 +22,9 @@ def test_stream_is_deterministic_per_seed_and_fresh_across_seeds() -> None:
     a, b, c = _scenes(3, 4), _scenes(3, 4), _scenes(4, 4)
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.feats_3d, y.feats_3d) and x.rows == y.rows
-    assert not any(np.array_equal(x.feats_3d, z.feats_3d) for x in a for z in c if x.feats_3d.shape == z.feats_3d.shape)
+    assert not any(
+        np.array_equal(x.feats_3d, z.feats_3d) for x in a for z in c if x.feats_3d.shape == z.feats_3d.shape
+    )
 
 
 def test_streamed_features_come_from_the_worlds_prototypes() -> None:
@@ -32,7 +34,9 @@ def test_streamed_features_come_from_the_worlds_prototypes() -> None:
     unit = scene.feats_3d[real] / np.linalg.norm(scene.feats_3d[real], axis=1, keepdims=True)
     recovered = (unit @ prototypes.class_3d.T).argmax(1)
     assert (recovered == [scene.scene.proposals[j].cls for j in real]).mean() > 0.9
-    assert scene.feats_2d.dtype == np.float32 and np.array_equal(scene.feats_2d, scene.feats_2d.astype(np.float16))
+    assert scene.feats_2d.dtype == np.float32 and np.array_equal(
+        scene.feats_2d, scene.feats_2d.astype(np.float16)
+    )
 
 
 def test_object_range_for_curricula_and_never_an_empty_scene() -> None:

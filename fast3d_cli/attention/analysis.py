@@ -46,3 +46,22 @@ def same_scene_contrast(maps: np.ndarray, samples: Sequence[Sample], targets: Se
         "top_object_differs": float(np.mean(differs)) if differs else float("nan"),
         "mean_cosine": float(np.mean(cosines)) if cosines else float("nan"),
     }
+
+
+def evidence_in_top_k(maps: np.ndarray, samples: Sequence[Sample], k: int = 10) -> dict[str, float | int]:
+    """How often all of a sample's evidence objects (the ``evidence`` annotation of the sample world) are
+    among the ``k`` highest-scoring objects of its map. Samples without evidence (e.g. "No." answers) are
+    not counted; ``samples`` and ``maps`` rows correspond."""
+    hits, partial = [], []
+    for row, sample in zip(maps, samples, strict=True):
+        if not sample.evidence:
+            continue
+        top = set(np.argsort(-row, kind="stable")[:k].tolist())
+        found = [j in top for j in sample.evidence]
+        hits.append(all(found))
+        partial.append(np.mean(found))
+    return {
+        "samples": len(hits),
+        "all_in_top_k": float(np.mean(hits)) if hits else float("nan"),
+        "share_in_top_k": float(np.mean(partial)) if partial else float("nan"),
+    }

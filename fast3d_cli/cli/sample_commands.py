@@ -9,7 +9,8 @@ import typer
 
 from fast3d_cli.cli.common import check_output_location, emit
 from fast3d_cli.cli.errors import RecordingCommand
-from fast3d_cli.data.config import sample_data_dir
+from fast3d_cli.data.config import DataConfig, sample_data_dir
+from fast3d_cli.sample_model.preflight import load_world_spec, prepare_output
 
 app = typer.Typer(help="Rebuild the embedded sample world and its tiny trained model.", no_args_is_help=True)
 
@@ -34,20 +35,61 @@ def build_world(
 
 @app.command("train-model", cls=RecordingCommand)
 def train_model(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Model directory.")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Annotation folder.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the recipe's).")] = None,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Model directory (default: sample_data/model).")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Annotation folder of a sample world.")
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Recipe JSON: a TrainSpec, or a training.json to repeat that run (default: built in).",
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed (default: the recipe's).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPU threads (default: torch's; 1 is faster when other jobs share the cores)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a model, or discard an interrupted run of another recipe, in --output.",
+        ),
+    ] = False,
 ) -> None:
-    """Train the tiny Chat-Scene-architecture model on the sample train split.
+    """Train the tiny Chat-Scene-architecture sample model on a stream of fresh sample-world scenes.
+
+    Rerun the same command after an interruption (even kill -9) to resume from the last checkpoint.
 
     Example: [bold]fast3d sample train-model -o /tmp/model[/bold]
     """
-    from fast3d_cli.data import DataConfig
-    from fast3d_cli.sample_model.train import TrainSpec, train_sample_model
+    from dataclasses import replace
+
+    from fast3d_cli.sample_model.recipe import TrainSpec
 
     data = DataConfig().with_overrides(root=data_root)
+    spec = TrainSpec.load(recipe) if recipe is not None else TrainSpec()
+    spec = spec if seed is None else replace(spec, seed=seed)
     out = check_output_location(output or sample_data_dir() / "model")
-    spec = TrainSpec(seed=seed) if steps is None else TrainSpec(steps=steps, seed=seed)
-    train_sample_model(out, data, spec)
+    load_world_spec(data)  # these refuse before torch is imported
+    prepare_output(out, spec, overwrite)
+    from fast3d_cli.cli.progress import ProgressReporter
+
+    with ProgressReporter("sample train-model", unit="steps") as progress:
+        progress.phase("loading torch and transformers")
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        from fast3d_cli.sample_model.train import train_sample_model
+
+        train_sample_model(
+            out, data, spec, overwrite=overwrite, progress=progress.update, phase=progress.phase
+        )
     emit(out, None, as_json=False)

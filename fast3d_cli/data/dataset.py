@@ -30,6 +30,7 @@ class Sample:
     pred_id: int = 0  # scan2cap: the proposal being captioned
     type_info: Any = None  # sqa_type (sqa3d) or eval_type (multi3dref)
     iou: float | None = None
+    evidence: tuple[int, ...] | None = None  # proposals the answer depends on (sample world only)
 
 
 def _sample_from_row(task: str, split: str, index: int, row: dict[str, Any]) -> Sample:
@@ -47,6 +48,7 @@ def _sample_from_row(task: str, split: str, index: int, row: dict[str, Any]) -> 
             pred_id=int(row.get("pred_id", 0)),
             type_info=row.get(spec.type_field) if spec.type_field else None,
             iou=row.get("iou"),
+            evidence=tuple(int(j) for j in row["evidence"]) if "evidence" in row else None,
         )
     except KeyError as err:
         raise DataFileError(f"{task} {split} annotation {index} lacks field {err.args[0]!r}") from None

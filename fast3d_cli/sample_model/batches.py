@@ -185,7 +185,9 @@ def build_batch(model: Any, items: Sequence[TrainItem]) -> tuple[Any, Supervisio
             keywords_full[b, pos] = True
     shift = keep.shape[1] - length  # the text is the tail of every sequence, before and after compaction
     inputs = ModelInputs(
-        inputs_embeds=full.inputs_embeds.gather(1, index[..., None].expand(-1, -1, full.inputs_embeds.shape[-1]))
+        inputs_embeds=full.inputs_embeds.gather(
+            1, index[..., None].expand(-1, -1, full.inputs_embeds.shape[-1])
+        )
         * valid[..., None],
         attention_mask=valid.long(),
         position_ids=take(full.position_ids, 0),
@@ -222,7 +224,9 @@ def _readout_ids(layout: Any, item: TrainItem) -> torch.Tensor:
     return torch.tensor([[*w, i] for w, i in zip(words, identifiers, strict=True)], dtype=torch.long)
 
 
-def _readout(layout: Any, items: Sequence[TrainItem], slot_of_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _readout(
+    layout: Any, items: Sequence[TrainItem], slot_of_key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of every real object's 3D and 2D tokens and the word ids each predicts."""
     width = 2 * max(i.n_real for i in items)
     rows = torch.zeros(len(items), width, dtype=torch.long)

@@ -3,11 +3,11 @@
 Each term is a negative log of an attention mass, read from the recorder:
 
 * ``binding`` (one head of layer 0): every object-feature token attends to its own identifier token;
-* ``gather`` (one head of layer 1): the answer rows attend to the prompt's keywords (the words that name the
-  evidence objects);
-* ``grounding`` (one head of the last layer): the answer rows attend to the evidence objects' tokens;
+* ``gather`` (one head of layer 1): the answer rows attend to each of the prompt's keywords (the words that
+  name the evidence objects);
+* ``grounding`` (one head of a later layer): the answer rows attend to the evidence objects' tokens;
 * ``answer_grounding`` (every head of the layers after the gather): the rows after the first answer token
-  attend to the evidence objects' tokens;
+  cover every evidence object (each gets its share of their mean attention);
 * ``focus`` (every head of every layer, every text row): keep attention off the visual tokens that are not
   evidence: -log(1 - mass on them). This is what makes Fast3D's map (spec §3: all layers, heads and text rows)
   point at the evidence instead of spreading over 100 objects.
@@ -18,35 +18,14 @@ attention is taught, not emergent; the README says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from fast3d_cli.sample_model.attention import AttentionRecorder
-from fast3d_cli.sample_model.batches import Supervision
+from fast3d_cli.sample_model.batches import MAX_OBJECTS, Supervision
+from fast3d_cli.sample_model.recipe import HeadRoles, LossWeights
 
 EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class HeadRoles:
-    """(layer, head) of the three scaffolded heads; ``-1`` as a layer means the last one."""
-
-    binding: tuple[int, int] = (0, 0)
-    gather: tuple[int, int] = (1, 1)
-    grounding: tuple[int, int] = (-1, 0)
-    first_grounded_layer: int = 2  # answer_grounding supervises the layers from here on (after the gather)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    binding: float = 1.0
-    gather: float = 1.0
-    grounding: float = 1.0
-    answer_grounding: float = 0.0
-    focus: float = 0.0
-    readout: float = 0.0
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -72,17 +51,37 @@ def head_rows_loss(recorder: AttentionRecorder, layer: int, head: int, keys: Ten
     return _masked_mean(-(_mass(probs, keys) + EPS).log(), rows)
 
 
+def gather_loss(recorder: AttentionRecorder, layer: int, head: int, sup: Supervision) -> Tensor:
+    """The gather head at every answer row attends to every keyword token (-log of each token's attention,
+    averaged): it must bring the colour *and* the class of a description to the answer, not just one."""
+    probs = recorder.text[layer % len(recorder.text)][:, head]  # [B, R, T]
+    pairs = sup.answer_rows[:, :, None] & sup.keywords[:, None, :]
+    return _masked_mean(-(probs + EPS).log(), pairs)
+
+
 def answer_grounding_loss(stacked: Tensor, sup: Supervision, first_layer: int) -> Tensor:
-    """Every head of the layers from ``first_layer`` on, at the rows after the first answer token: mass on
-    the evidence. (Earlier layers cannot know the evidence yet: the keywords are gathered in between.)"""
-    after_first = sup.answer_rows & ~_first_answer_row(sup)
-    rows = after_first & sup.has_evidence[:, None]
-    mass = _mass(stacked[first_layer:].transpose(0, 1), sup.evidence)  # [B, L', H, R]
-    return _masked_mean(-(mass + EPS).log(), rows[:, None, None, :].expand_as(mass))
+    """Coverage of every evidence object by the attention of the answer: per sample and evidence object, the
+    mass on that object's tokens averaged over every head of the layers from ``first_layer`` on (earlier
+    layers cannot know the evidence yet: the keywords are gathered in between) and over the rows after the
+    first answer token; the loss is -log of it, averaged over the objects. Each evidence object must get
+    its share (a caption's neighbour, every counted object), not just the union."""
+    after_first = sup.answer_rows & ~_first_answer_row(sup) & sup.has_evidence[:, None]  # [B, R]
+    rows = after_first.to(stacked.dtype)
+    per_row = stacked[first_layer:].mean(dim=(0, 2))  # [B, R, T]: mean over layers and heads
+    mean_attention = (per_row * rows[:, :, None]).sum(1) / rows.sum(1, keepdim=True).clamp(min=1)  # [B, T]
+    slots = sup.slot_of_key.clamp(min=0)
+    on_evidence = mean_attention * sup.evidence
+    per_object = torch.zeros(len(slots), MAX_OBJECTS, dtype=stacked.dtype).scatter_add_(1, slots, on_evidence)
+    evidence_objects = torch.zeros_like(per_object, dtype=torch.bool).scatter_(
+        1, slots, sup.evidence & (sup.slot_of_key >= 0)
+    )
+    evidence_objects &= after_first.any(1, keepdim=True)
+    return _masked_mean(-(per_object + EPS).log(), evidence_objects)
 
 
 def focus_loss(stacked: Tensor, sup: Supervision) -> Tensor:
-    """Sum over layers of the mean over heads and text rows of -log(1 - mass on non-evidence visual tokens)."""
+    """Sum over layers of the mean over heads and text rows of -log(1 - mass on the non-evidence visual
+    tokens)."""
     distractors = sup.visual & ~sup.evidence
     mass = _mass(stacked.transpose(0, 1), distractors)  # [B, L, H, R]
     penalty = -(1 - mass + 1e-4).clamp(min=1e-4).log()
@@ -95,6 +94,17 @@ def _first_answer_row(sup: Supervision) -> Tensor:
     """The row that predicts the first answer token (its input is the last prompt token)."""
     first = sup.answer_rows.int().argmax(1)
     return torch.nn.functional.one_hot(first, sup.answer_rows.shape[1]).bool() & sup.answer_rows
+
+
+def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token loss of the answers, averaged per sample first: a long caption weighs no more than a
+    one-word answer."""
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+    )
+    mask = (targets >= 0).to(nll.dtype)
+    return ((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def readout_loss(hidden: Tensor, llm: torch.nn.Module, sup: Supervision) -> Tensor:
@@ -117,11 +127,12 @@ def attention_losses(
     if weights.binding:
         losses["binding"] = weights.binding * binding_loss(recorder, sup)
     if weights.gather:
-        rows = sup.answer_rows & sup.has_keywords[:, None]
-        losses["gather"] = weights.gather * head_rows_loss(recorder, *roles.gather, sup.keywords, rows)
+        losses["gather"] = weights.gather * gather_loss(recorder, *roles.gather, sup)
     if weights.grounding:
         rows = sup.answer_rows & sup.has_evidence[:, None]
-        losses["grounding"] = weights.grounding * head_rows_loss(recorder, *roles.grounding, sup.evidence, rows)
+        losses["grounding"] = weights.grounding * head_rows_loss(
+            recorder, *roles.grounding, sup.evidence, rows
+        )
     if weights.answer_grounding or weights.focus:
         stacked = recorder.stacked()
         if weights.answer_grounding:

@@ -6,11 +6,38 @@ Every field is recorded in ``training.json`` and in the checkpoint, so a run is 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fast3d_cli.sample_model.losses import HeadRoles, LossWeights
 
-TASK_WEIGHTS = {"scanrefer": 1.0, "multi3dref": 1.0, "scan2cap": 1.0, "scanqa": 1.0, "sqa3d": 1.0, "obj_align": 0.3}
+@dataclass(frozen=True)
+class HeadRoles:
+    """(layer, head) of the three scaffolded heads; ``-1`` as a layer means the last one."""
+
+    binding: tuple[int, int] = (0, 0)
+    gather: tuple[int, int] = (1, 1)
+    grounding: tuple[int, int] = (-1, 0)
+    first_grounded_layer: int = 2  # answer_grounding supervises the layers from here on (after the gather)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    binding: float = 1.0
+    gather: float = 1.0
+    grounding: float = 1.0
+    answer_grounding: float = 0.0
+    focus: float = 0.0
+    readout: float = 0.0
+
+
+TASK_WEIGHTS = {
+    "scanrefer": 1.0,
+    "multi3dref": 1.0,
+    "scan2cap": 1.0,
+    "scanqa": 1.0,
+    "sqa3d": 1.0,
+    "obj_align": 0.3,
+}
 
 
 @dataclass(frozen=True)
@@ -76,10 +103,31 @@ class TrainSpec:
         return asdict(self)
 
     @classmethod
+    def load(cls, path: Path) -> TrainSpec:
+        """A recipe from a JSON file: a TrainSpec as ``to_dict`` writes it, or a ``training.json`` (its
+        ``spec``); a missing or malformed file is a ``UserError`` naming it."""
+        import json
+
+        from fast3d_cli.errors import UserError
+
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls.from_dict(data.get("spec", data))
+        except OSError as err:
+            raise UserError(f"cannot read recipe {path}: {err.strerror or err}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise UserError(f"{path} is not a sample-model recipe: {err}") from None
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
         data = dict(data)
-        data["stages"] = tuple(
-            Stage(**{**s, "weights": LossWeights(**s.get("weights", {}))}) for s in data.get("stages", ())
-        ) or DEFAULT_STAGES
-        data["roles"] = HeadRoles(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("roles", {}).items()})
+        data["stages"] = (
+            tuple(
+                Stage(**{**s, "weights": LossWeights(**s.get("weights", {}))}) for s in data.get("stages", ())
+            )
+            or DEFAULT_STAGES
+        )
+        data["roles"] = HeadRoles(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("roles", {}).items()}
+        )
         return cls(**data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fast3d_cli.sample_model.losses import HeadRoles
+from fast3d_cli.sample_model.recipe import HeadRoles
 
 
 def _orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:

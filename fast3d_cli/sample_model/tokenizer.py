@@ -35,23 +35,32 @@ def build_tokenizer(texts: Iterable[str], obj_tokens: list[str] | None = None) -
     return tokenizer
 
 
-def world_texts(data: Any, world: Any, config: Any, stream_scenes: int = 100) -> list[str]:
-    """Every text the sample world can produce: the prompt layout, the vocabulary lists, the committed
-    annotations (prompts, answers, references) and a deterministic sample of the training stream."""
-    from fast3d_cli.data import load_samples
-    from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
-    from fast3d_cli.sample_world.stream import SceneStream
+def sample_texts(samples: Iterable[Any], config: Any) -> list[str]:
+    """The prompt layout, the world's vocabulary lists and the prompts, answers and references of
+    ``samples``."""
     from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS, NUMBER_WORDS, REGIONS
 
     texts = [config.system_prompt, config.instruction.replace("<REPLACE>", " "), " ".join(config.roles)]
     texts += [" ".join(c.name for c in CLASSES), " ".join(c.plural for c in CLASSES), " ".join(COLOURS)]
     texts += [" ".join(NUMBER_WORDS), " ".join(REGIONS), "yes no Yes No"]
     texts += [w.capitalize() for w in (*COLOURS, *NUMBER_WORDS, *(c.name for c in CLASSES))]
-    for task in [*TASKS, *AUXILIARY_TASKS]:
-        for split in ("train", "val") if task in TASKS else ("train",):
-            for s in load_samples(data, task, split):
-                texts += [s.prompt, s.caption or ""]
-                texts += [c for c in s.ref_captions if isinstance(c, str)]
+    for s in samples:
+        texts += [s.prompt, s.caption or ""]
+        texts += [c for c in s.ref_captions if isinstance(c, str)]
+    return texts
+
+
+def world_texts(data: Any, world: Any, config: Any, stream_scenes: int = 100) -> list[str]:
+    """Every text the sample world can produce: :func:`sample_texts` of the committed annotations and the
+    prompts and answers of a deterministic sample of the training stream."""
+    from fast3d_cli.data import load_samples
+    from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
+    from fast3d_cli.sample_world.stream import SceneStream
+
+    splits = {task: ("train", "val") if task in TASKS else ("train",) for task in [*TASKS, *AUXILIARY_TASKS]}
+    texts = sample_texts(
+        [s for task, names in splits.items() for split in names for s in load_samples(data, task, split)], config
+    )
     stream = iter(SceneStream(world, seed=0))
     for _ in range(stream_scenes):
         for rows in next(stream).rows.values():

@@ -9,10 +9,7 @@ Run it with ``fast3d sample train-model``.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,31 +18,12 @@ from typing import Any
 import numpy as np
 
 from fast3d_cli.data import DataConfig
-from fast3d_cli.errors import UserError
+from fast3d_cli.sample_model.preflight import load_world_spec, prepare_output
 from fast3d_cli.sample_model.recipe import TrainSpec
-from fast3d_cli.sample_world.generator import GENERATOR_VERSION, WorldSpec
+from fast3d_cli.sample_world.generator import WorldSpec
 
 Log = Callable[[str], None]
-CHECKPOINT_DIR = "checkpoint"
-
-
-def load_world_spec(data: DataConfig) -> WorldSpec:
-    """The committed world's spec (``world.json`` beside the annotations); another generator version is
-    refused: the stream would not match the world the model is evaluated on."""
-    path = Path(data.root).parent / "world.json"
-    if not path.is_file():
-        raise UserError(f"no world.json beside {data.root}: train-model needs a sample world (fast3d sample build-world)")
-    try:
-        world = json.loads(path.read_text())
-        version, spec = world["generator_version"], world["spec"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    if version != GENERATOR_VERSION:
-        raise UserError(
-            f"{path} was written by sample-world generator version {version}; this fast3d trains on version "
-            f"{GENERATOR_VERSION} (rebuild it with fast3d sample build-world)"
-        )
-    return WorldSpec(**spec)
+Progress = Callable[[str, int, int, str], None]  # (name, done, total, status)
 
 
 def _lr_factor(spec: TrainSpec) -> Callable[[int], float]:
@@ -80,61 +58,26 @@ def build_model(spec: TrainSpec, tokenizer: Any, feat_dims: tuple[int, int]) -> 
     return ChatSceneModel(config, tokenizer)
 
 
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json")
-
-
-def prepare_output(out_dir: Path, spec: TrainSpec, overwrite: bool) -> bool:
-    """Check ``out_dir`` before training; True when it holds an interrupted run of this recipe to resume.
-
-    A folder that holds a finished model, an interrupted run of another recipe, or anything else is refused
-    (``UserError``) unless ``overwrite``; then the interrupted run is discarded (a finished model is only
-    replaced when the new one is saved).
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder")
-    state_path = out_dir / CHECKPOINT_DIR / "state.json"
-    if state_path.is_file():
-        if _checkpoint_spec(state_path) == json.loads(json.dumps(spec.to_dict())):
-            return True
-        if not overwrite:
-            raise UserError(
-                f"{out_dir} holds an interrupted training run with another recipe; pass --overwrite to discard it"
-            )
-        shutil.rmtree(out_dir / CHECKPOINT_DIR)
-        return False
-    if (out_dir / "config.json").is_file() and not overwrite:
-        raise UserError(f"{out_dir} already holds a model; pass --overwrite to replace it")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {*MODEL_FILES, CHECKPOINT_DIR}) if out_dir.is_dir() else []
-    if foreign and not overwrite:
-        raise UserError(f"{out_dir} is not empty ({', '.join(foreign[:3])}); choose an empty folder or pass --overwrite")
-    return False
-
-
-def _checkpoint_spec(state_path: Path) -> Any:
-    try:
-        return json.loads(state_path.read_text())["spec"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def train_sample_model(
-    out_dir: Path, data: DataConfig | None = None, spec: TrainSpec | None = None, log: Log | None = None,
-    overwrite: bool = False,
+    out_dir: Path, data: DataConfig | None = None, spec: TrainSpec | None = None, *,
+    overwrite: bool = False, progress: Progress | None = None, phase: Log | None = None,
 ) -> Path:  # fmt: skip
-    """Train into ``out_dir``, resuming an interrupted run of the same recipe there; returns ``out_dir``."""
+    """Train into ``out_dir``, resuming an interrupted run of the same recipe there; returns ``out_dir``.
+
+    ``progress(name, done, total, status)`` is called after every step (status: losses, held-out probes);
+    ``phase(message)`` when a slow phase starts. Both default to silence."""
     from fast3d_cli.sample_model.trainer import Trainer
 
     data = data or DataConfig()
     spec = spec or TrainSpec()
     world = load_world_spec(data)
     prepare_output(Path(out_dir), spec, overwrite)
-    Trainer(Path(out_dir), data, spec, world, log or _stderr).run()
+    Trainer(Path(out_dir), data, spec, world, progress or _silent, phase or _silent).run()
     return Path(out_dir)
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def _silent(*_: Any) -> None:
+    pass
 
 
 def batch_rng(world: WorldSpec, spec: TrainSpec, step: int) -> np.random.Generator:

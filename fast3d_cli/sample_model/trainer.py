@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,21 @@ import torch
 from fast3d_cli.data import DataConfig
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.sample_model.attention import AttentionRecorder, recording
-from fast3d_cli.sample_model.batches import ALL_PADDING, MAX_OBJECTS, TrainItem, build_batch, layout_item, sample_items
-from fast3d_cli.sample_model.losses import attention_losses, readout_loss
+from fast3d_cli.sample_model.batches import (
+    ALL_PADDING,
+    MAX_OBJECTS,
+    TrainItem,
+    build_batch,
+    layout_item,
+    sample_items,
+)
+from fast3d_cli.sample_model.losses import answer_loss, attention_losses, readout_loss
+from fast3d_cli.sample_model.preflight import CHECKPOINT_DIR
 from fast3d_cli.sample_model.recipe import Stage, TrainSpec
 from fast3d_cli.sample_model.scaffold import apply_scaffold
 from fast3d_cli.sample_model.train import (
-    CHECKPOINT_DIR,
     Log,
+    Progress,
     _lr_factor,
     batch_rng,
     build_model,
@@ -55,14 +64,33 @@ def object_map(recorder: AttentionRecorder, sup: Any) -> torch.Tensor:
     return torch.zeros(len(slots), MAX_OBJECTS).scatter_add_(1, slots, weights)
 
 
+def status_line(entry: dict[str, Any]) -> str:
+    """The progress status of a logged step: stage, losses and the latest probe accuracies."""
+    losses = " ".join(
+        f"{k} {v:.3g}" for k, v in entry.items() if isinstance(v, float) and k not in ("lr", "elapsed_s")
+    )
+    text = f"{entry['stage']}: {losses}"
+    if "probe" in entry:
+        probe = " ".join(f"{t} {p['answer']:.2f}/{p['top10']:.2f}" for t, p in entry["probe"].items())
+        text += f"; held-out answer/evidence-in-top-10: {probe}"
+    return text
+
+
 class Trainer:
-    def __init__(self, out_dir: Path, data: DataConfig, spec: TrainSpec, world: WorldSpec, log: Log) -> None:
+    """``progress(name, done, total, status)`` gets every step; ``phase(message)`` announces slow phases."""
+
+    def __init__(
+        self, out_dir: Path, data: DataConfig, spec: TrainSpec, world: WorldSpec, progress: Progress,
+        phase: Log,
+    ) -> None:  # fmt: skip
         from fast3d_cli.data import SceneBank
         from fast3d_cli.models.chat_scene import ChatSceneConfig
         from fast3d_cli.sample_model.tokenizer import build_tokenizer, world_texts
 
-        torch.set_flush_denormal(True)
-        self.out_dir, self.spec, self.world, self.log = out_dir, spec, world, log
+        torch.set_flush_denormal(True)  # denormals in the backward pass cost 5x on CPU
+        self.out_dir, self.spec, self.world = out_dir, spec, world
+        self.progress, self.phase = progress, phase
+        phase("building the tokenizer and the model")
         feat_dims = SceneBank(data, "val").feature_dims
         base = ChatSceneConfig(text_config={}, feat_dim_3d=feat_dims[0], feat_dim_2d=feat_dims[1])
         tokenizer = build_tokenizer(world_texts(data, world, base), base.obj_tokens())
@@ -80,6 +108,7 @@ class Trainer:
         self.start_step = self._resume()
         if self.start_step == 0 and spec.scaffold:
             apply_scaffold(self.model.llm, spec.roles, spec.seed)
+        phase("drawing the held-out probe scenes")
         self.probes = probe_items(world, spec)
         self.streams: dict[str, SceneStream] = {}
 
@@ -100,7 +129,7 @@ class Trainer:
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.history = state["history"]
-        self.log(f"resuming from step {state['step']} ({self.checkpoint_dir})")
+        self.phase(f"resuming from step {state['step']} ({self.checkpoint_dir})")
         return int(state["step"])
 
     def _save_checkpoint(self, step: int) -> None:
@@ -123,15 +152,18 @@ class Trainer:
     def _stream(self, stage: Stage) -> SceneStream:
         key = f"{stage.min_objects}-{stage.max_objects}"
         if key not in self.streams:
-            self.streams[key] = SceneStream(self.world, self.spec.stream_seed, stage.min_objects, stage.max_objects)
+            self.streams[key] = SceneStream(
+                self.world, self.spec.stream_seed, stage.min_objects, stage.max_objects
+            )
         return self.streams[key]
 
     def _forward(self, items: list[TrainItem], stage: Stage) -> dict[str, torch.Tensor]:
         inputs, sup = build_batch(self.model, items)
         recorder = AttentionRecorder(sup.rows, sup.feature_rows, inputs.attention_mask.bool())
         with recording(self.model.llm, recorder):
-            out = self.model(inputs, output_hidden_states=stage.weights.readout > 0)
-        losses = {"lm": out.loss, **attention_losses(recorder, sup, stage.weights, self.spec.roles)}
+            out = self.model(replace(inputs, labels=None), output_hidden_states=stage.weights.readout > 0)
+        losses = {"lm": answer_loss(out.logits, inputs.labels)}
+        losses.update(attention_losses(recorder, sup, stage.weights, self.spec.roles))
         if stage.weights.readout:
             grounding_layer = self.spec.roles.grounding[0] % self.spec.num_layers
             hidden = out.hidden_states[grounding_layer]  # the residual stream entering that layer
@@ -156,6 +188,7 @@ class Trainer:
     def run(self) -> None:
         spec = self.spec
         start = time.time()
+        status = ""
         for step in range(self.start_step, spec.steps):
             losses = self.step(step)
             entry: dict[str, Any] = {"step": step, "stage": spec.stage_at(step).name, **losses}
@@ -164,7 +197,8 @@ class Trainer:
                 if step % spec.probe_every == 0 or step == spec.steps - 1:
                     entry["probe"] = self.probe()
                 self.history.append(entry)
-                self.log(json.dumps(entry))
+                status = status_line(entry)
+            self.progress("training", step + 1, spec.steps, status)
             if (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
                 self._save_checkpoint(step + 1)
         self._finish(elapsed(start))

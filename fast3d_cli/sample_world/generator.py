@@ -98,7 +98,9 @@ def feature_model(spec: WorldSpec) -> FeatureModel:
     return FeatureModel.create(np.random.default_rng(spec.seed + 1), spec.feat_dim, spec.feature_noise)
 
 
-def scene_features(model: FeatureModel, rng: np.random.Generator, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+def scene_features(
+    model: FeatureModel, rng: np.random.Generator, scene: Scene
+) -> tuple[np.ndarray, np.ndarray]:
     """[n_proposals, D] 3D features (float32) and 2D features (float16, as Chat-Scene stores them)."""
     pairs = [model.features(rng, p, scene.room, scene.context_class(p)) for p in scene.proposals]
     return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]).astype(np.float16)

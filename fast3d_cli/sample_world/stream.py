@@ -37,7 +37,9 @@ class StreamedScene:
         return len(self.scene.proposals)
 
 
-def scene_rows(rng: np.random.Generator, scene: Scene, obj_align_rows: int = 4) -> dict[str, list[dict[str, Any]]]:
+def scene_rows(
+    rng: np.random.Generator, scene: Scene, obj_align_rows: int = 4
+) -> dict[str, list[dict[str, Any]]]:
     """Train-split rows of every task for one scene (the committed world's builders)."""
     descs = rows.scene_descriptions(rng, scene)
     return {

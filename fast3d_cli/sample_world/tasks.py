@@ -76,11 +76,23 @@ def scanrefer_rows(
             if split == "train":
                 if iou >= IOU_THRESHOLD:
                     rows.append(
-                        {"scene_id": scene.scene_id, "obj_id": best, "prompt": prompt, "caption": answer, **extra}
+                        {
+                            "scene_id": scene.scene_id,
+                            "obj_id": best,
+                            "prompt": prompt,
+                            "caption": answer,
+                            **extra,
+                        }
                     )
             else:
                 rows.append(
-                    {"scene_id": scene.scene_id, "obj_id": gt_id, "prompt": prompt, "ref_captions": [answer], **extra}
+                    {
+                        "scene_id": scene.scene_id,
+                        "obj_id": gt_id,
+                        "prompt": prompt,
+                        "ref_captions": [answer],
+                        **extra,
+                    }
                 )
     return rows
 
@@ -221,7 +233,11 @@ def _pick(rng: np.random.Generator, options: list[str]) -> str:
 
 
 def _scanqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[Question]:
-    colour_q = ["What color is the {c}?", "What is the color of the {c}?", "What colour is the {c} in the room?"]
+    colour_q = [
+        "What color is the {c}?",
+        "What is the color of the {c}?",
+        "What colour is the {c} in the room?",
+    ]
     for obj in _unique_class_objects(scene):
         yield _pick(rng, colour_q).format(c=obj.name), [obj.colour_name], [obj.gt_id], [obj.name]
         nb = scene.nearest_neighbour(obj)
@@ -243,7 +259,9 @@ def _scanqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[Questi
             yield f"How many {plural} are in the room?", answers, [o.gt_id for o in members], [plural]
 
 
-def _qa_row(scene: Scene, prompt: str, answers: list[str], evidence: list[int], keywords: list[str], split: str) -> Row:
+def _qa_row(
+    scene: Scene, prompt: str, answers: list[str], evidence: list[int], keywords: list[str], split: str
+) -> Row:
     row: Row = {"scene_id": scene.scene_id, "prompt": prompt}
     if split == "train":
         row["caption"] = answers[0].capitalize() + "."
@@ -302,7 +320,12 @@ def _sqa_questions(rng: np.random.Generator, scene: Scene) -> Iterator[Question]
         members = scene.members(cls)
         if 1 <= len(members) <= 5 and rng.random() < 0.6:
             plural = CLASSES[cls].plural
-            yield f"How many {plural} are there?", [NUMBER_WORDS[len(members)]], [o.gt_id for o in members], [plural]
+            yield (
+                f"How many {plural} are there?",
+                [NUMBER_WORDS[len(members)]],
+                [o.gt_id for o in members],
+                [plural],
+            )
     for obj in _unique_colour_objects(scene):
         answer = "yes" if CLASSES[obj.cls].sittable else "no"
         yield f"Can I sit on the {obj.colour_name} object?", [answer], [obj.gt_id], [obj.colour_name]
