@@ -57,10 +57,11 @@ def world_texts(data: Any, world: Any, config: Any, stream_scenes: int = 100) ->
     from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
     from fast3d_cli.sample_world.stream import SceneStream
 
-    splits = {task: ("train", "val") if task in TASKS else ("train",) for task in [*TASKS, *AUXILIARY_TASKS]}
-    texts = sample_texts(
-        [s for task, names in splits.items() for split in names for s in load_samples(data, task, split)], config
-    )
+    splits = {task: ("train", "val") for task in TASKS} | {task: ("train",) for task in AUXILIARY_TASKS}
+    samples = [
+        s for task, names in splits.items() for split in names for s in load_samples(data, task, split)
+    ]
+    texts = sample_texts(samples, config)
     stream = iter(SceneStream(world, seed=0))
     for _ in range(stream_scenes):
         for rows in next(stream).rows.values():
