@@ -16,7 +16,7 @@ class HeadRoles:
 
     binding: tuple[int, int] = (0, 0)
     gather: tuple[int, int] = (1, 1)
-    grounding: tuple[int, int] = (-1, 0)
+    grounding: tuple[int, int] = (2, 0)
     first_grounded_layer: int = 2  # answer_grounding supervises the layers from here on (after the gather)
 
 
@@ -25,9 +25,9 @@ class LossWeights:
     binding: float = 1.0
     gather: float = 1.0
     grounding: float = 1.0
-    answer_grounding: float = 0.0
+    answer_grounding: float = 1.0
     focus: float = 0.0
-    readout: float = 0.0
+    readout: float = 1.0
 
 
 TASK_WEIGHTS = {
@@ -36,7 +36,7 @@ TASK_WEIGHTS = {
     "scan2cap": 1.0,
     "scanqa": 1.0,
     "sqa3d": 1.0,
-    "obj_align": 0.3,
+    "obj_align": 0.5,
 }
 
 
@@ -55,8 +55,8 @@ class Stage:
 DEFAULT_STAGES: tuple[Stage, ...] = (
     Stage("tiny scenes", 150, 2, 3, 8),
     Stage("small scenes", 350, 2, 8, 8),
-    Stage("world-sized scenes", 400, 8, 40, 8),
-    Stage("Chat-Scene layout", 600, 8, 40, -1, LossWeights(focus=1.0)),
+    Stage("world-sized scenes", 700, 8, 40, 8, LossWeights(focus=1.0)),
+    Stage("Chat-Scene layout", 300, 8, 40, -1, LossWeights(focus=1.0)),
 )
 
 
@@ -84,9 +84,9 @@ class TrainSpec:
     roles: HeadRoles = field(default_factory=HeadRoles)
     scaffold: bool = True
     log_every: int = 25
-    probe_every: int = 100
+    probe_every: int = 250
     probe_samples: int = 48
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
 
     @property
     def steps(self) -> int:
