@@ -129,6 +129,8 @@ def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
         "score_ratio": 100.0 if dense else ratio.get("value"),
         "score_ratio_reason": None if dense else reason,
         "score_ratio_ci": None if dense else ratio.get("ci95"),
+        "score_ratio_resamples": None if dense else ratio.get("n_resamples"),
+        "score_ratio_resamples_undefined": None if dense else ratio.get("n_undefined"),
         "layer_averaged_ratio": pruning["layer_averaged_ratio"],
         "input_ratio": pruning["input_ratio"],
         "mean_kept_objects": pruning["mean_kept_tokens"] / 3,

@@ -133,6 +133,12 @@ def test_demo_table_has_the_interval_beside_the_ratio() -> None:
     assert f"{result['score_ratio']['value']:.2f} │ [{low:.2f}, {high:.2f}] │" in gap, gap
     dense_row = next(line for line in lines if line.startswith("│ dense"))
     assert "100.00 │               - │" in dense_row, dense_row
+    assert not any("resamples" in line for line in lines)
+
+    sparse = {**rows[1], "score_ratio_resamples_undefined": 434}  # e.g. a dense hit rate of 1 in 40
+    out = io.StringIO()
+    print_comparison_table([sparse], out, "demo")
+    assert "GAP: 95% CI from 566 of 1000 resamples (434 drew a dense score of 0" in out.getvalue()
 
 
 def test_units_file_round_trip_and_bad_files(tmp_path: Path) -> None:

@@ -107,6 +107,12 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
         if row["score_ratio"] is None:
             reason = row.get("score_ratio_reason") or "no baseline"
             notes.append(f"{row['method']}: score ratio n/a ({reason})")
+        elif row.get("score_ratio_ci") and row.get("score_ratio_resamples_undefined"):
+            left_out, total = row["score_ratio_resamples_undefined"], row["score_ratio_resamples"]
+            notes.append(
+                f"{row['method']}: 95% CI from {total - left_out} of {total} resamples ({left_out} drew a "
+                "dense score of 0 for some task and have no ratio)"
+            )
         table.add_row(
             escape(row["method"]),
             *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
