@@ -82,6 +82,7 @@ def main() -> None:
     from fast3d_cli.cli.common import default_model_dir
     from fast3d_cli.data.config import DataConfig
     from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
+    from fast3d_cli.metrics import format_score_ratio
     from fast3d_cli.models.loading import ModelSource
     from fast3d_cli.pruning.methods import PruningSettings
 
@@ -95,37 +96,52 @@ def main() -> None:
         out = args.run_dir / "eval" / ("dense" if options["method"] == "none" else slug(options))
         settings = replace(base, pruning=PruningSettings(**options))
         result = run_pruned_eval(model, fingerprint, data, settings, out, args.run_dir / "eval" / "dense")
-        pruning = result["pruning"]
-        table.append(
-            {
-                "row": label,
-                "options": {k: str(v) for k, v in options.items()},
-                "headline": result["headline"],
-                "score_ratio": (result.get("score_ratio") or {}).get("value", 100.0),
-                "input_ratio": pruning["input_ratio"],
-                "layer_averaged_ratio": pruning["layer_averaged_ratio"],
-                "mean_kept_objects": round(pruning["mean_kept_tokens"] / 3, 2),
-                "alpha": pruning["alpha"],
-                "flops_ratio": pruning["flops_ratio"],
-                "samples_per_s": result["speed"]["samples_per_s"],
-            }
-        )
-        print(f"{label}: score ratio {table[-1]['score_ratio']}", file=sys.stderr)
+        table.append(table_row(label, options, result))
+        ratio = result.get("score_ratio") or {}
+        shown = format_score_ratio(table[-1]["score_ratio"], ratio.get("reason"), ratio.get("ci95"))
+        print(f"{label}: score ratio {shown}", file=sys.stderr)
     path = write_result(args.name, {"benchmark": "sample_pruning", "environment": environment(args.device),
                                     "tasks": TASKS, "rows": table})
     print(markdown(table))
     print(path, file=sys.stderr)
 
 
+def table_row(label: str, options: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """One row of the results JSON from an eval result: the dense row's score ratio is 100 (no interval);
+    a pruned row's is metrics.json's, None where undefined, with its paired-bootstrap 95% interval."""
+    pruning = result["pruning"]
+    ratio = result.get("score_ratio") or {}
+    return {
+        "row": label,
+        "options": {k: str(v) for k, v in options.items()},
+        "headline": result["headline"],
+        "score_ratio": ratio.get("value", 100.0),
+        "score_ratio_ci95": ratio.get("ci95"),
+        "score_ratio_per_task": ratio.get("per_task"),
+        "score_ratio_per_task_ci95": ratio.get("per_task_ci95"),
+        "input_ratio": pruning["input_ratio"],
+        "layer_averaged_ratio": pruning["layer_averaged_ratio"],
+        "mean_kept_objects": round(pruning["mean_kept_tokens"] / 3, 2),
+        "alpha": pruning["alpha"],
+        "flops_ratio": pruning["flops_ratio"],
+        "samples_per_s": result["speed"]["samples_per_s"],
+    }
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
+    """The README table: headline scores (x100), the score ratio with its paired-bootstrap 95% interval
+    ("-" for the dense row), both pruning ratios and the kept objects."""
+    from fast3d_cli.metrics import format_interval
+
     head = "| method | ScanRefer Acc@0.5 | M3DRef F1@0.5 | Scan2Cap B-4@0.5 | ScanQA B-4 | SQA3D EM-R | "
-    head += "score ratio | pruned (layer-avg / input) | kept obj |"
-    lines = [head, "|" + "---|" * 9]
+    head += "score ratio | 95% CI | pruned (layer-avg / input) | kept obj |"
+    lines = [head, "|" + "---|" * 10]
     for row in table:
         h = row["headline"]
         scores = " | ".join(f"{100 * h.get(t, float('nan')):.2f}" for t in TASKS)
+        ratio = "n/a" if row["score_ratio"] is None else f"{row['score_ratio']:.2f}"
         lines.append(
-            f"| {row['row']} | {scores} | {row['score_ratio']:.2f} | "
+            f"| {row['row']} | {scores} | {ratio} | {format_interval(row.get('score_ratio_ci95'))} | "
             f"{row['layer_averaged_ratio']:.1f}% / {row['input_ratio']:.1f}% | "
             f"{row['mean_kept_objects']:.1f} |"
         )

@@ -109,14 +109,16 @@ def run_demo(
         )  # fmt: skip
         paths[f"eval {run_dir.name}"] = run_dir
         rows.append(table_row(label, result))
-        shown = format_score_ratio(rows[-1]["score_ratio"], rows[-1]["score_ratio_reason"])
+        row = rows[-1]
+        shown = format_score_ratio(row["score_ratio"], row["score_ratio_reason"], row["score_ratio_ci"])
         log(f"    {label}: score ratio {shown}")
     return {"rows": rows, "alpha": alpha.to_dict(), "paths": {k: str(v) for k, v in paths.items()}}
 
 
 def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
-    """One row of the comparison table. The dense run is the reference (100%); a pruned run's undefined
-    score ratio stays None with its reason (never shown as a number)."""
+    """One row of the comparison table. The dense run is the reference (100%, no interval); a pruned run's
+    undefined score ratio stays None with its reason (never shown as a number), and its confidence interval
+    is the ``ci95`` of metrics.json (None without one)."""
     pruning = result["pruning"]
     dense = pruning["method"] == "none"
     ratio = result.get("score_ratio") or {}
@@ -126,6 +128,9 @@ def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
         "headline": result["headline"],
         "score_ratio": 100.0 if dense else ratio.get("value"),
         "score_ratio_reason": None if dense else reason,
+        "score_ratio_ci": None if dense else ratio.get("ci95"),
+        "score_ratio_resamples": None if dense else ratio.get("n_resamples"),
+        "score_ratio_resamples_undefined": None if dense else ratio.get("n_undefined"),
         "layer_averaged_ratio": pruning["layer_averaged_ratio"],
         "input_ratio": pruning["input_ratio"],
         "mean_kept_objects": pruning["mean_kept_tokens"] / 3,

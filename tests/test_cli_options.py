@@ -35,6 +35,8 @@ BAD_INVOCATIONS = [
     ["eval", "--scan2cap-sos-eos", "both"],
     ["eval", "-o", "/dev/null/x"],
     ["eval", "--tasks", "scanqa,nope"],
+    ["eval", "--bootstrap", "-1"],
+    ["eval", "--bootstrap-seed", "-2"],
     ["extract", "--tasks", "bogus"],
     ["extract", "--dtype", "int8"],
     ["extract", "--device", "tpu"],

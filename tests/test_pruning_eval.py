@@ -115,6 +115,8 @@ def test_eval_reports_ratios_score_ratio_and_speed(capsys, inputs, data_config, 
     assert 0 < pruning["input_ratio"] < 100 and pruning["layer_averaged_ratio"] == pruning["input_ratio"]
     assert pruning["flops_ratio"] < 1 and set(pruning["per_task"]) == {"scanqa", "scanrefer"}
     assert result["score_ratio"]["baseline"] == str(baseline) and "value" in result["score_ratio"]
+    assert {"ci95", "per_task_ci95", "n_resamples", "seed", "method"} <= set(result["score_ratio"])
+    assert (out / "units.json").is_file() and (baseline / "units.json").is_file()
     dense = json.loads((baseline / "metrics.json").read_text())
     assert dense["pruning"]["method"] == "none" and dense["pruning"]["input_ratio"] == 0
     speed = result["speed"]
@@ -127,10 +129,13 @@ def test_eval_reports_ratios_score_ratio_and_speed(capsys, inputs, data_config, 
     # the layer-averaged ratio scales with (L - K) / L
     out2 = tmp_path / "fastv"
     fastv = eval_args(inputs, data_config, out2, "--method", "fastv", "--layer", "1", "--keep", "10")
-    code, stdout, stderr = fast3d(capsys, *fastv, "--baseline", str(baseline), "--json")
+    code, stdout, stderr = fast3d(capsys, *fastv, "--baseline", str(baseline), "--json", "--bootstrap", "0")
     assert code == 0, stderr
     pruning = json.loads(stdout)["pruning"]
     assert pruning["input_ratio"] == 90.0 and pruning["layer_averaged_ratio"] == 45.0
+    ratio = json.loads(stdout)["score_ratio"]  # --bootstrap 0: the score ratio without an interval
+    assert "value" in ratio and not {"ci95", "per_task_ci95", "n_resamples"} & set(ratio)
+    assert "paired-bootstrap" not in stderr
 
 
 def test_bad_options_exit_2(capsys, inputs, data_config, tmp_path) -> None:

@@ -90,6 +90,17 @@ def eval_command(
             rich_help_panel="Pruning",
         ),
     ] = None,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Resamples of the score ratio's paired-bootstrap 95% interval (docs/bootstrap.md); 0: none.",
+            rich_help_panel="Pruning",
+        ),
+    ] = 1000,
+    bootstrap_seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the --bootstrap resamples.", rich_help_panel="Pruning")
+    ] = 0,
     fixed_count: Annotated[
         bool,
         typer.Option(
@@ -141,6 +152,7 @@ def eval_command(
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.cli.tables import print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks
+    from fast3d_cli.evaluation.confidence import BootstrapSettings
     from fast3d_cli.evaluation.runner import EvalSettings, data_files
     from fast3d_cli.generation.config import GenerationConfig
     from fast3d_cli.metrics import MetricOptions
@@ -169,6 +181,7 @@ def eval_command(
         ),
     )
     validate(settings.pruning, None)
+    intervals = BootstrapSettings(n_resamples=bootstrap, seed=bootstrap_seed)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
     output = check_output_location(output or Path(f"runs/eval-{method}"))
     baseline = baseline or output.parent / "eval-none"
@@ -194,6 +207,7 @@ def eval_command(
             overwrite=overwrite,
             progress=progress.update,
             phase=progress.phase,
+            bootstrap=intervals,
         )
     print_metrics_table(result, file=sys.stderr)
     emit(output / "metrics.json", result, as_json)

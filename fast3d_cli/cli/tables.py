@@ -40,16 +40,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         )
     ratio = result.get("score_ratio")
     if ratio:
-        from fast3d_cli.metrics import format_score_ratio
-
-        shown = format_score_ratio(ratio.get("value"), ratio.get("reason") or ratio.get("error"))
-        tasks = ratio.get("per_task") or {}
-        per_task = ", ".join(f"{t} {format_score_ratio(v)}" for t, v in tasks.items())
-        per_task = per_task if len(tasks) > 1 else ""
-        lines.append(
-            f"score ratio {shown} against the dense run in {ratio['baseline']}"
-            + (f" (per task: {per_task})" if per_task else "")
-        )
+        lines += score_ratio_lines(ratio)
     speed = result.get("speed") or {}
     if speed.get("samples_per_s"):
         peak = speed.get("peak_memory_mib")
@@ -61,16 +52,52 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def score_ratio_lines(ratio: dict[str, Any]) -> list[str]:
+    """The score ratio against the dense run, overall and per task, each with its confidence interval
+    when metrics.json has one, and a line saying what the interval is (or why there is none)."""
+    from fast3d_cli.metrics import format_score_ratio
+
+    shown = format_score_ratio(
+        ratio.get("value"), ratio.get("reason") or ratio.get("error"), ratio.get("ci95")
+    )
+    tasks, intervals = ratio.get("per_task") or {}, ratio.get("per_task_ci95") or {}
+    per_task = ", ".join(f"{t} {format_score_ratio(v, None, intervals.get(t))}" for t, v in tasks.items())
+    per_task = per_task if len(tasks) > 1 else ""
+    lines = [
+        f"score ratio {shown} against the dense run in {ratio['baseline']}"
+        + (f" (per task: {per_task})" if per_task else "")
+    ]
+    note = interval_note(ratio)
+    return lines + ([note] if note else [])
+
+
+def interval_note(ratio: dict[str, Any]) -> str | None:
+    """What the bracketed interval of a score ratio is, or why there is none; None when the ratio has no
+    interval fields (``--bootstrap 0``, a result of an earlier version)."""
+    if ratio.get("ci_reason"):
+        return f"  no confidence interval: {ratio['ci_reason']}"
+    if "ci95" not in ratio:
+        return None
+    note = (
+        f"  [low, high]: {100 * ratio['confidence']:g}% paired-bootstrap interval over "
+        f"{ratio['n_resamples']} resamples of the samples (seed {ratio['seed']})"
+    )
+    if ratio.get("n_undefined"):
+        note += f"; {ratio['n_undefined']} resamples without a ratio (a dense score of 0) left out"
+    return note
+
+
 def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str) -> None:
-    """The paper-style table: headline metrics (x100), score ratio, both pruning ratios, kept objects."""
-    from fast3d_cli.metrics import HEADLINE_METRICS
+    """The paper-style table: headline metrics (x100), score ratio and its interval, both pruning ratios,
+    kept objects."""
+    from fast3d_cli.metrics import HEADLINE_METRICS, format_interval
 
     tasks = list(HEADLINE_METRICS)
     table = Table(title=title, caption=COMPARISON_CAPTION)
     table.add_column("method")
     for task in tasks:
         table.add_column(SHORT_TASK_NAMES.get(task, task), justify="right")
-    for name in ("ratio %", "pruned %", "kept", "smp/s"):
+    for name in ("ratio %", "95% CI", "pruned %", "kept", "smp/s"):
         table.add_column(name, justify="right")
     notes = []
     for row in rows:
@@ -80,15 +107,22 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
         if row["score_ratio"] is None:
             reason = row.get("score_ratio_reason") or "no baseline"
             notes.append(f"{row['method']}: score ratio n/a ({reason})")
+        elif row.get("score_ratio_ci") and row.get("score_ratio_resamples_undefined"):
+            left_out, total = row["score_ratio_resamples_undefined"], row["score_ratio_resamples"]
+            notes.append(
+                f"{row['method']}: 95% CI from {total - left_out} of {total} resamples ({left_out} drew a "
+                "dense score of 0 for some task and have no ratio)"
+            )
         table.add_row(
             escape(row["method"]),
             *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
             ratio,
+            escape(format_interval(row.get("score_ratio_ci"))),
             f"{row['layer_averaged_ratio']:.1f}/{row['input_ratio']:.1f}",
             f"{row['mean_kept_objects']:.1f}",
             "-" if speed is None else f"{speed:.1f}",
         )
-    wide = Console(file=file, width=max(Console(file=file).width, 118))
+    wide = Console(file=file, width=max(Console(file=file).width, 134))
     wide.print(table)
     for note in notes:
         wide.print(note, markup=False, highlight=False)
@@ -103,5 +137,6 @@ SHORT_TASK_NAMES = {
 }
 COMPARISON_CAPTION = (
     "ScanRefer Acc@0.5, Multi3DRef F1@0.5, Scan2Cap B-4@0.5, ScanQA B-4, SQA3D EM-R (x100); ratio = score "
-    "ratio vs dense; pruned = layer-averaged/input-level %; kept = mean objects; smp/s = samples per second"
+    "ratio vs dense; 95% CI = its paired-bootstrap interval (docs/bootstrap.md); pruned = "
+    "layer-averaged/input-level %; kept = mean objects; smp/s = samples per second"
 )

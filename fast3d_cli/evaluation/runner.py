@@ -14,6 +14,13 @@ from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.data.formats import read_json, require_file, write_json
 from fast3d_cli.errors import UserError
+from fast3d_cli.evaluation.confidence import (
+    UNITS_FILE,
+    BootstrapSettings,
+    add_score_ratio_interval,
+    read_units,
+    write_units,
+)
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
@@ -108,6 +115,7 @@ def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) ->
             raise UserError(f"{out_dir} exists and is not an evaluation directory; choose another --output")
         shutil.rmtree(out_dir / "predictions", ignore_errors=True)
         (out_dir / "metrics.json").unlink(missing_ok=True)
+        (out_dir / UNITS_FILE).unlink(missing_ok=True)
     write_json(path, manifest, indent=2)
 
 
@@ -195,11 +203,13 @@ def _metric_context(data: DataConfig, bank: SceneBank, tasks: Sequence[str]):
 
 
 def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettings) -> dict[str, Any]:
-    from fast3d_cli.metrics import CaptionScorer, MetricOptions, compute_metrics, headline_scores
+    """Score the prediction logs of ``out_dir``: the metrics document's "metrics" and "headline"; the
+    per-sample units of each headline go to units.json (for the score ratio's interval)."""
+    from fast3d_cli.metrics import CaptionScorer, MetricOptions, evaluate_task, headline_scores
 
     options = MetricOptions(settings.scanqa_clean_references, settings.scan2cap_sos_eos)
     context = _metric_context(data, bank, settings.tasks)
-    metrics: dict[str, Any] = {}
+    evaluations = {}
     with CaptionScorer() as scorer:
         context.caption_scorer = scorer
         for task in settings.tasks:
@@ -207,7 +217,9 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
                 PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values(),
                 key=lambda r: r["index"],
             )
-            metrics[task] = compute_metrics(task, records, context, options)
+            evaluations[task] = evaluate_task(task, records, context, options)
+    write_units(out_dir, {task: evaluation.units for task, evaluation in evaluations.items()})
+    metrics = {task: evaluation.metrics for task, evaluation in evaluations.items()}
     flat = {key: value for task_metrics in metrics.values() for key, value in task_metrics.items()}
     return {"metrics": metrics, "headline": headline_scores(flat)}
 
@@ -343,9 +355,11 @@ def run_pruned_eval(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     phase: PhaseCallback | None = None,
+    bootstrap: BootstrapSettings | None = None,
 ) -> dict[str, Any]:
     """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
-    ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it."""
+    ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it, with
+    its paired-bootstrap interval (``bootstrap``, default `BootstrapSettings()`)."""
     result = run_eval(
         model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress, phase=phase
     )
@@ -356,6 +370,8 @@ def run_pruned_eval(
     dense = settings.dense
     baseline = run_eval(model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase)
     add_score_ratio(result, baseline, baseline_dir)
+    bootstrap = bootstrap or BootstrapSettings()
+    add_score_ratio_interval(result, read_units(out_dir), read_units(baseline_dir), bootstrap)
     write_json(Path(out_dir) / "metrics.json", result, indent=2)
     return result
 

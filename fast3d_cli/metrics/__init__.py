@@ -50,6 +50,7 @@ from fast3d_cli.metrics.grounding import (
 from fast3d_cli.metrics.qa import scanqa_metrics, sqa3d_metrics
 from fast3d_cli.metrics.ratio import (
     HEADLINE_METRICS,
+    format_interval,
     format_score_ratio,
     headline_scores,
     score_ratio,
@@ -98,6 +99,7 @@ __all__ = [
     "corpus_bleu4",
     "evaluate_task",
     "fallback_tokenize",
+    "format_interval",
     "format_score_ratio",
     "headline_scores",
     "list_tasks",

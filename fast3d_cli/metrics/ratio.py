@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fast3d_cli.metrics.context import MetricsError
@@ -69,8 +69,16 @@ def score_ratio_entry(method: Mapping[str, float], baseline: Mapping[str, float]
     return entry
 
 
-def format_score_ratio(value: float | None, reason: str | None = None) -> str:
-    """``"95.61%"``, ``"0.00%"`` or ``"n/a (REASON)"``: an undefined ratio is never shown as a number."""
+def format_score_ratio(
+    value: float | None, reason: str | None = None, ci: Sequence[float] | None = None
+) -> str:
+    """``"95.61%"``, ``"0.00%"`` or ``"n/a (REASON)"``: an undefined ratio is never shown as a number. With
+    its confidence interval ``ci`` (low, high): ``"95.61% [93.20, 97.85]"``."""
     if value is None:
         return f"n/a ({reason})" if reason else "n/a"
-    return f"{value:.2f}%"
+    return f"{value:.2f}%" if ci is None else f"{value:.2f}% {format_interval(ci)}"
+
+
+def format_interval(ci: Sequence[float] | None) -> str:
+    """``"[93.20, 97.85]"``, or ``"-"`` without an interval."""
+    return "-" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"

@@ -6,7 +6,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -79,14 +79,25 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _ratio_axes(ax, points: dict[str, list[tuple[float, float, float]]], colors: dict[str, str], dense: bool):
-    """Draw score ratio (y) against the layer-averaged ratio (filled) and the input-level ratio (hollow)."""
+class RatioPoint(NamedTuple):
+    """One run in a score-ratio plot: both pruning ratios, the score ratio and its interval (or None)."""
+
+    layer_averaged: float
+    input_level: float
+    score_ratio: float
+    ci: tuple[float, float] | None
+
+
+def _ratio_axes(ax, points: dict[str, list[RatioPoint]], colors: dict[str, str], dense: bool):
+    """Draw score ratio (y) against the layer-averaged ratio (filled) and the input-level ratio (hollow),
+    with the score ratio's confidence interval as an error bar where the result has one."""
     ax.axhline(100, color="0.35", linestyle="--", linewidth=1, zorder=1)
     for method, rows in points.items():
-        rows = sorted(rows)
+        rows = sorted(rows, key=lambda point: point[:3])
         color, marker = colors[method], MARKERS.get(method, "o")
-        xs, ins, ys = (np.array(v) for v in zip(*rows, strict=True))
+        xs, ins, ys = (np.array(v) for v in list(zip(*rows, strict=True))[:3])
         ax.plot(xs, ys, color=color, marker=marker, markersize=7, linewidth=1.8, zorder=3)
+        _error_bars(ax, rows, color)
         moved = np.abs(ins - xs) > 1e-6
         if moved.any():
             ax.scatter(
@@ -109,8 +120,38 @@ def _ratio_axes(ax, points: dict[str, list[tuple[float, float, float]]], colors:
     ax.grid(True, alpha=0.3)
 
 
+def _error_bars(ax, rows: Sequence[RatioPoint], color: str) -> None:
+    """The intervals of ``rows`` that have one, as vertical bars at the layer-averaged ratio. A percentile
+    interval need not contain its point estimate; the bar then starts at the point (matplotlib refuses
+    negative lengths)."""
+    shown = [p for p in rows if p.ci is not None]
+    if not shown:
+        return
+    below = [max(p.score_ratio - p.ci[0], 0.0) for p in shown]
+    above = [max(p.ci[1] - p.score_ratio, 0.0) for p in shown]
+    ax.errorbar(
+        [p.layer_averaged for p in shown],
+        [p.score_ratio for p in shown],
+        yerr=[below, above],
+        fmt="none",
+        ecolor=color,
+        elinewidth=1.2,
+        capsize=3,
+        zorder=2,
+    )
+
+
+def _has_intervals(points: dict[str, list[RatioPoint]]) -> bool:
+    return any(p.ci is not None for rows in points.values() for p in rows)
+
+
 def _ratio_legend(
-    methods: Sequence[str], colors: dict[str, str], labels: dict[str, str], dense: bool, hollow: bool
+    methods: Sequence[str],
+    colors: dict[str, str],
+    labels: dict[str, str],
+    dense: bool,
+    hollow: bool,
+    intervals: bool = False,
 ):
     from matplotlib.lines import Line2D
 
@@ -125,6 +166,11 @@ def _ratio_legend(
             )
         )
     handles.append(Line2D([], [], color="0.35", linestyle="--", label="dense quality (100%)"))
+    if intervals:
+        handles.append(
+            Line2D([], [], color="0.3", marker="|", markersize=12, linestyle="none",
+                   label="bars: 95% CI (paired bootstrap)")
+        )  # fmt: skip
     if not hollow:  # every run prunes before layer 0: both ratios are the same
         return handles
     handles.append(
@@ -174,7 +220,11 @@ def score_ratio_vs_pruning_figure(results: Sequence[EvalResult]):
     colors = method_colors(list(groups))
     dense = any(r.is_dense for r in results)
     points = {
-        m: [(r.layer_averaged_ratio, r.input_ratio, r.score_ratio) for r in rows if r.score_ratio is not None]
+        m: [
+            RatioPoint(r.layer_averaged_ratio, r.input_ratio, r.score_ratio, r.score_ratio_ci)
+            for r in rows
+            if r.score_ratio is not None
+        ]
         for m, rows in groups.items()
     }
     points = {m: rows for m, rows in points.items() if rows}
@@ -185,7 +235,9 @@ def score_ratio_vs_pruning_figure(results: Sequence[EvalResult]):
     ax.set_ylabel("score ratio vs dense (%)")
     ax.set_title("Task quality against pruning (mean score ratio over tasks)")
     ax.legend(
-        handles=_ratio_legend(list(points), colors, _method_labels(groups), dense, _hollow(results)),
+        handles=_ratio_legend(
+            list(points), colors, _method_labels(groups), dense, _hollow(results), _has_intervals(points)
+        ),
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
         fontsize=9,
@@ -208,15 +260,17 @@ def score_ratio_per_task_figure(results: Sequence[EvalResult]):
     width = max(4.3 * cols, 5.2)
     fig = _figure(figsize=(width, 3.5 * rows + (0.4 if rows * cols > len(tasks) else 1.6)))
     axes = fig.subplots(rows, cols, squeeze=False)
+    intervals = False
     for ax, task in zip(axes.flat, tasks, strict=False):
         points = {
             m: [
-                (p.layer_averaged_ratio, p.input_ratio, p.score_ratio)
+                RatioPoint(p.layer_averaged_ratio, p.input_ratio, p.score_ratio, p.score_ratio_ci)
                 for r in results_
                 if (p := r.per_task.get(task)) is not None and p.score_ratio is not None
             ]
             for m, results_ in groups.items()
         }
+        intervals = intervals or _has_intervals(points)
         _ratio_axes(ax, {m: v for m, v in points.items() if v}, colors, dense)
         ax.set_title(task)
         ax.set_xlabel("pruned, layer-averaged (%)")
@@ -228,7 +282,7 @@ def score_ratio_per_task_figure(results: Sequence[EvalResult]):
         for m, rs in groups.items()
         if any(p.score_ratio is not None for r in rs for p in r.per_task.values())
     ]
-    handles = _ratio_legend(shown, colors, _method_labels(groups), dense, _hollow(results))
+    handles = _ratio_legend(shown, colors, _method_labels(groups), dense, _hollow(results), intervals)
     spare = list(axes.flat)[len(tasks) :]
     for ax in spare:
         ax.axis("off")

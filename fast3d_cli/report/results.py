@@ -22,6 +22,7 @@ class TaskPoint:
     layer_averaged_ratio: float
     input_ratio: float
     mean_kept_tokens: float
+    score_ratio_ci: tuple[float, float] | None = None  # its 95% interval, when metrics.json has one
 
 
 @dataclass
@@ -44,6 +45,7 @@ class EvalResult:
     score_ratio: float | None  # percent; 100 for the dense run; None when undefined (see the reason)
     per_task: dict[str, TaskPoint] = field(default_factory=dict)
     score_ratio_reason: str | None = None  # why score_ratio is None
+    score_ratio_ci: tuple[float, float] | None = None  # its paired-bootstrap 95% interval, when recorded
     headline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -123,6 +125,28 @@ def _float(value: Any, default: float = 0.0) -> float:
     return default if value is None else float(value)
 
 
+def _interval(value: Any, where: str) -> tuple[float, float] | None:
+    """A recorded confidence interval [low, high] as a tuple; None when there is none (a dense run, a result
+    of an earlier version, ``--bootstrap 0``); UserError when it is something else."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(bound) for bound in value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where} should be [low, high] or null, got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise UserError(f"{where} should be [low, high] or null, got {value!r}")
+    return low, high
+
+
+def _task_intervals(value: Any, where: str) -> dict[str, tuple[float, float] | None]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where} should map each task to [low, high] or null, got {value!r}")
+    return {str(task): _interval(ci, f"{where}.{task}") for task, ci in value.items()}
+
+
 def load_result(path: Path) -> EvalResult:
     """Read one ``fast3d eval`` output directory; UserError when it is none, UnfinishedResult when the
     evaluation has not written its metrics yet."""
@@ -140,12 +164,15 @@ def load_result(path: Path) -> EvalResult:
     tasks = list(metrics.get("samples") or metrics["headline"])
     ratio = metrics.get("score_ratio") or {}
     reason = None
+    where = f"{path / 'metrics.json'}: score_ratio"
+    task_intervals: dict[str, tuple[float, float] | None] = {}
     if method == "none":
         total: float | None = 100.0
         task_scores: dict[str, float | None] = {t: 100.0 for t in metrics["headline"]}
     else:
         total = None if ratio.get("value") is None else float(ratio["value"])
         task_scores = {t: None if v is None else float(v) for t, v in (ratio.get("per_task") or {}).items()}
+        task_intervals = _task_intervals(ratio.get("per_task_ci95"), f"{where}.per_task_ci95")
         if total is None:
             reason = ratio.get("reason") or ratio.get("error") or "run without a dense baseline"
     per_task = {}
@@ -155,6 +182,7 @@ def load_result(path: Path) -> EvalResult:
             layer_averaged_ratio=_float(row.get("layer_averaged_ratio")),
             input_ratio=_float(row.get("input_ratio")),
             mean_kept_tokens=_float(row.get("mean_kept_tokens"), float(pruning.get("n_visual", 0))),
+            score_ratio_ci=task_intervals.get(task),
         )
     alpha = pruning.get("alpha")
     return EvalResult(
@@ -173,6 +201,7 @@ def load_result(path: Path) -> EvalResult:
         mean_kept_tokens=_float(pruning.get("mean_kept_tokens")),
         score_ratio=total,
         score_ratio_reason=reason,
+        score_ratio_ci=None if method == "none" else _interval(ratio.get("ci95"), f"{where}.ci95"),
         per_task=per_task,
         headline={t: float(v) for t, v in metrics["headline"].items()},
     )
