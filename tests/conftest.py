@@ -45,6 +45,21 @@ def data_config(world_dir: Path) -> DataConfig:
     return DataConfig(root=world_dir / "annotations")
 
 
+def vocabulary_texts(samples, config) -> list[str]:
+    """The texts a tiny model's tokenizer is built from: the prompt template, the sample world's words and
+    the samples' prompts and captions (the sample model's trainer no longer exports its own helper)."""
+    from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS, NUMBER_WORDS
+
+    texts = [config.system_prompt, config.instruction.replace("<REPLACE>", " "), " ".join(config.roles)]
+    texts += [" ".join(c.name for c in CLASSES), " ".join(c.plural for c in CLASSES), " ".join(COLOURS)]
+    texts += [" ".join(NUMBER_WORDS), "yes no Yes No"]
+    for s in samples:
+        texts.append(s.prompt)
+        if s.caption:
+            texts.append(s.caption)
+    return texts
+
+
 def build_tiny_model(data: DataConfig, seed: int = 0, hidden: int = 32, layers: int = 2):
     import torch
 
@@ -52,13 +67,12 @@ def build_tiny_model(data: DataConfig, seed: int = 0, hidden: int = 32, layers: 
     from fast3d_cli.data.tasks import TASKS
     from fast3d_cli.models.chat_scene import ChatSceneConfig, ChatSceneModel
     from fast3d_cli.sample_model.tokenizer import build_tokenizer
-    from fast3d_cli.sample_model.train import _vocabulary_texts
 
     torch.manual_seed(seed)
     samples = [s for t in TASKS for split in ("train", "val") for s in load_samples(data, t, split)]
     d3, d2 = SceneBank(data, "train").feature_dims
     base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
-    tokenizer = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
+    tokenizer = build_tokenizer(vocabulary_texts(samples, base), base.obj_tokens())
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden,

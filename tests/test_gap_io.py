@@ -151,7 +151,8 @@ def test_sample_config_and_batch_builder(data_config, tokenizer):
     from fast3d_cli.gap.sample import sample_gap_config
     from fast3d_cli.models.chat_scene import ChatSceneConfig
     from fast3d_cli.sample_model.tokenizer import build_tokenizer
-    from fast3d_cli.sample_model.train import _vocabulary_texts
+
+    from .conftest import vocabulary_texts
 
     bank = SceneBank(data_config, "val")
     samples = (
@@ -159,7 +160,7 @@ def test_sample_config_and_batch_builder(data_config, tokenizer):
     )
     d3, d2 = bank.feature_dims
     base = ChatSceneConfig(text_config={}, feat_dim_3d=d3, feat_dim_2d=d2)
-    tok = build_tokenizer(_vocabulary_texts(samples, base), base.obj_tokens())
+    tok = build_tokenizer(vocabulary_texts(samples, base), base.obj_tokens())
     config = sample_gap_config(tok, feat_dim_3d=d3, feat_dim_2d=d2)
     assert config.text_config["vocab_size"] == len(tok)
     assert config.text_config["pad_token_id"] == tok.pad_token_id

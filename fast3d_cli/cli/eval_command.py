@@ -137,6 +137,7 @@ def eval_command(
     """Evaluate the target model, dense or pruned, on Chat-Scene tasks: metrics, score ratio, speed.
 
     Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
+    Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli eval ...[/bold]
     """
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.cli.tables import print_metrics_table
@@ -180,10 +181,14 @@ def eval_command(
     preflight(settings.pruning, fingerprint, *source.shape(), data)
 
     from fast3d_cli.evaluation.runner import run_pruned_eval
+    from fast3d_cli.launch import distributed_context
 
-    with ProgressReporter("eval") as progress:
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("eval", enabled=dist.is_main) as progress,
+    ):
         progress.phase(f"loading the target model ({source.describe()})")
-        target = source.load(device=device, dtype=dtype)
+        target = source.load(device=dist.device, dtype=dtype)
         result = run_pruned_eval(
             target,
             fingerprint,
@@ -194,9 +199,11 @@ def eval_command(
             overwrite=overwrite,
             progress=progress.update,
             phase=progress.phase,
+            dist=dist,
         )
-    print_metrics_table(result, file=sys.stderr)
-    emit(output / "metrics.json", result, as_json)
+    if dist.is_main:  # one table and one stdout line, whatever the number of processes
+        print_metrics_table(result, file=sys.stderr)
+        emit(output / "metrics.json", result, as_json)
 
 
 def pruning_settings(
