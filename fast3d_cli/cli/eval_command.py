@@ -25,7 +25,7 @@ from fast3d_cli.cli.common import (
     data_config,
     emit,
     model_source,
-    read_path_from_stdin,
+    store_argument,
 )
 
 
@@ -45,11 +45,11 @@ def eval_command(
         ),
     ] = "none",
     maps: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--maps",
-            allow_dash=True,
-            help="Maps store: prediction (gap) or attention (oracle); '-' reads the path from stdin.",
+            help="Maps store (a path or URL): prediction (gap) or attention (oracle); '-' reads it from "
+            "stdin.",
             rich_help_panel="Pruning",
         ),
     ] = None,
@@ -208,7 +208,7 @@ def eval_command(
 
 def pruning_settings(
     method: str,
-    maps: Path | None,
+    maps: str | None,
     gap: Path | None,
     keep: int | None,
     ratio: float | None,
@@ -223,8 +223,7 @@ def pruning_settings(
     from fast3d_cli.errors import UserError
     from fast3d_cli.pruning.methods import PruningSettings
 
-    if maps is not None and str(maps) == "-":
-        maps = read_path_from_stdin("--maps")
+    location = None if maps is None else store_argument(maps, "--maps")
     parsed_alpha: float | str | None = alpha
     if alpha is not None and alpha != "auto":
         try:
@@ -233,6 +232,6 @@ def pruning_settings(
             raise UserError(f"--alpha must be a number in (0, 1] or 'auto', got {alpha!r}") from None
     return PruningSettings(
         method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
-        seed=seed, maps=maps, gap=gap, fixed_count=fixed_count,
+        seed=seed, maps=location, gap=gap, fixed_count=fixed_count,
         skip_padding=skip_padding, force=force,
     )  # fmt: skip
