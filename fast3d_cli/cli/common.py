@@ -135,10 +135,13 @@ def store_argument(value: str | Path, what: str):
 
 
 def store_output(value: str | Path, option: str = "--output"):
-    """An output store (path or URL), checked like :func:`check_output_location` when it is local."""
+    """An output store (path or URL), checked like :func:`check_output_location` when it is local; a URL
+    store is listed once, so an unreachable bucket or missing credentials are reported before any work."""
     location = store_argument(value, option)
     if location.local is not None:
         check_output_location(location.local, option)
+    else:
+        location.exists()
     return location
 
 
