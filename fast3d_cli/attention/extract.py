@@ -256,4 +256,5 @@ def extract(
                 progress,
             )
         dist.barrier()
-    return {"computed": computed, "store": store.summary(), "settings": asdict(settings)}
+    summary = store.summary()
+    return {"computed": computed, "store": summary, "settings": asdict(settings), "world_size": dist.world}

@@ -210,4 +210,10 @@ def predict(
                 progress,
             )
         dist.barrier()
-    return {"computed": computed, "store": store.summary(), "gap": description, "settings": asdict(settings)}
+    return {
+        "computed": computed,
+        "store": store.summary(),
+        "gap": description,
+        "settings": asdict(settings),
+        "world_size": dist.world,
+    }

@@ -89,7 +89,8 @@ class StoreLocation:
         text = str(value)
         match = _SCHEME.match(text)
         if match is None:
-            return cls(text, local=Path(text))
+            path = Path(text)
+            return cls(str(path), local=path)
         scheme = match.group(1).lower()
         if scheme in ("file", "local"):
             parsed = urlparse(text)
