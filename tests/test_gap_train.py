@@ -219,7 +219,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(capsys, gap_inputs, data_config
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if list((out / "checkpoints").glob("step-*.pt")):
+            if list((out / "checkpoints").glob("step-*/training_state.json")):  # a complete checkpoint
                 break
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
@@ -236,11 +236,11 @@ def test_sigkill_then_rerun_equals_uninterrupted(capsys, gap_inputs, data_config
         left, right = _weights(reference / name), _weights(out / name)
         assert left.keys() == right.keys()
         assert all(torch.equal(left[k], right[k]) for k in left), "best weights differ"
-    last = [
-        torch.load(next((d / "checkpoints").glob("step-*.pt")), weights_only=True) for d in (reference, out)
-    ]
-    assert last[0]["step"] == last[1]["step"] == result["total_steps"]
-    assert all(torch.equal(last[0]["model"][k], last[1]["model"][k]) for k in last[0]["model"])
+    last = [next((d / "checkpoints").glob("step-*")) for d in (reference, out)]  # accelerate's save_state
+    steps = [json.loads((d / "training_state.json").read_text())["step"] for d in last]
+    assert steps[0] == steps[1] == result["total_steps"]
+    left, right = (_weights(d / "model.safetensors") for d in last)
+    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
     assert (reference / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
 
 
@@ -256,7 +256,10 @@ def test_two_processes_train_one_model(gap_inputs, data_config, tmp_path) -> Non
     assert record["processes"] == 2 and record["complete"]
     assert record["steps_per_epoch"] == record["samples"]["train"] // 8
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
-    assert len(list((out / "checkpoints").glob("step-*.pt"))) == 1
+    (checkpoint,) = (out / "checkpoints").glob("step-*")  # accelerate's save_state: every rank's RNG states
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
     assert [line["epoch"] for line in read_metrics(out)] == [0, 1, 2]
     assert read_metrics(out)[-1]["holdout"]["all"]["n"] == record["samples"]["holdout"]
 

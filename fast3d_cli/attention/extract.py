@@ -21,11 +21,12 @@ from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
+from fast3d_cli.launch import SINGLE_PROCESS, DistributedContext
 from fast3d_cli.records import changed_fields, describe_change
 from fast3d_cli.stores import (
     MapStore,
     StoreError,
-    clear_directory,
+    StoreLocation,
     create_store,
     fill_missing_chunks,
     open_store,
@@ -90,18 +91,18 @@ def data_fingerprints(
 
 
 def prepare_store(
-    path: Path,
+    path: StoreLocation | Path | str,
     root_attrs: dict[str, Any],
     groups: dict[str, tuple[int, str]],
     keep_layers: bool,
     overwrite: bool,
 ) -> MapStore:
-    """Coordinator only: create or validate the store and every task/split group."""
-    path = Path(path)
-    empty = path.is_dir() and not any(path.iterdir())  # e.g. just created by the writer lock
-    if path.exists() and not empty and not is_store(path):
+    """Coordinator only: create or validate the store (a path or URL) and every task/split group."""
+    path = StoreLocation.parse(path)
+    empty = path.is_empty_or_absent()  # e.g. a directory just created by the writer lock
+    if not empty and not is_store(path):
         raise StoreError(f"{path} exists and is not a fast3d store; choose another output path")
-    if path.exists() and not empty:
+    if not empty:
         store = open_store(path, read_only=False)
         if store.kind != root_attrs["kind"]:  # never replaced, even with --overwrite: another stage's output
             raise StoreError(
@@ -118,7 +119,7 @@ def prepare_store(
                 "output"
             )
         if changed:
-            clear_directory(path)  # not the directory itself: the writer lock is on it
+            path.clear()  # not a local directory itself: the writer lock is on it
     if not is_store(path):
         store = create_store(path, root_attrs)
     for key, (n_samples, annotation_fp) in groups.items():
@@ -195,18 +196,18 @@ def extract(
     model_fingerprint: str,
     data: DataConfig,
     settings: ExtractSettings,
-    out: Path,
+    out: StoreLocation | Path | str,
     *,
     command: str = "",
     overwrite: bool = False,
-    rank: int = 0,
-    world: int = 1,
-    barrier: Callable[[], None] = lambda: None,
+    dist: DistributedContext = SINGLE_PROCESS,
     progress: ProgressCallback | None = None,
     phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fill ``out`` with attention maps for every task/split; returns {"computed": n, "store": summary}.
-    ``progress`` gets (group, samples done, total) after every chunk; ``phase`` a line when a phase starts."""
+    """Fill the store ``out`` (a path or URL) with attention maps for every task/split; returns
+    {"computed": n, "store": summary}. ``progress`` gets (group, samples done, total) after every chunk;
+    ``phase`` a line when a phase starts. Under ``accelerate launch`` rank r of W computes chunks r, r+W, ...
+    """
     data_fp, annotation_fps = data_fingerprints(data, settings.tasks, settings.splits)
     keys = [(t, s) for t in settings.tasks for s in settings.splits]
     samples = {f"{t}/{s}": load_samples(data, t, s)[: settings.limit] for t, s in keys}
@@ -227,10 +228,11 @@ def extract(
         "n_layers": n_layers,
         "chunk_size": settings.chunk_size,
     }
+    out = StoreLocation.parse(out)
     if phase is not None:
         phase(f"checking the output store {out}")
-    with writer_lock(out) if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
+    with writer_lock(out) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
             prepare_store(
                 out,
                 root_attrs,
@@ -238,7 +240,7 @@ def extract(
                 settings.keep_layers,
                 overwrite,
             )
-        barrier()
+        dist.barrier()
         store = open_store(out, kind="attention", read_only=False)
         computed = 0
         banks = {split: SceneBank(data, split) for split in settings.splits}
@@ -249,9 +251,10 @@ def extract(
                 store.group(task, split),
                 rows,
                 lambda chunk, bank=bank: extract_chunk(model, bank, chunk, settings),
-                rank,
-                world,
+                dist.rank,
+                dist.world,
                 progress,
             )
-        barrier()
-    return {"computed": computed, "store": store.summary(), "settings": asdict(settings)}
+        dist.barrier()
+    summary = store.summary()
+    return {"computed": computed, "store": summary, "settings": asdict(settings), "world_size": dist.world}

@@ -105,19 +105,44 @@ def emit(path: Path, payload: Any, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def read_path_from_stdin(what: str) -> Path:
-    """The path a previous pipeline stage printed (its first non-empty stdout line)."""
+def read_line_from_stdin(what: str) -> str:
+    """The path or URL a previous pipeline stage printed (its first non-empty stdout line)."""
     from fast3d_cli.errors import UserError
 
     for line in sys.stdin:
         if line.strip():
-            return Path(line.strip())
+            return line.strip()
     raise UserError(f"{what} -: no path on stdin (pipe the previous stage's output)")
+
+
+def read_path_from_stdin(what: str) -> Path:
+    return Path(read_line_from_stdin(what))
 
 
 def path_or_stdin(path: Path, what: str) -> Path:
     """``path``, or the path read from stdin when it is "-" (pipelines: ``a | fast3d b -``)."""
     return read_path_from_stdin(what) if str(path) == "-" else path
+
+
+def store_argument(value: str | Path, what: str):
+    """A store given on the command line: a path or URL (``file://``, ``memory://``, ``s3://`` ...), or "-"
+    for the one the previous pipeline stage printed. An unknown URL scheme or a missing fsspec backend is
+    refused here, before anything loads."""
+    from fast3d_cli.stores.location import StoreLocation
+
+    text = read_line_from_stdin(what) if str(value) == "-" else str(value)
+    return StoreLocation.parse(text)
+
+
+def store_output(value: str | Path, option: str = "--output"):
+    """An output store (path or URL), checked like :func:`check_output_location` when it is local; a URL
+    store is listed once, so an unreachable bucket or missing credentials are reported before any work."""
+    location = store_argument(value, option)
+    if location.local is not None:
+        check_output_location(location.local, option)
+    else:
+        location.exists()
+    return location
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

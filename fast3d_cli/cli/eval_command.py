@@ -25,7 +25,7 @@ from fast3d_cli.cli.common import (
     data_config,
     emit,
     model_source,
-    read_path_from_stdin,
+    store_argument,
 )
 
 
@@ -45,11 +45,11 @@ def eval_command(
         ),
     ] = "none",
     maps: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--maps",
-            allow_dash=True,
-            help="Maps store: prediction (gap) or attention (oracle); '-' reads the path from stdin.",
+            help="Maps store (a path or URL): prediction (gap) or attention (oracle); '-' reads it from "
+            "stdin.",
             rich_help_panel="Pruning",
         ),
     ] = None,
@@ -148,6 +148,7 @@ def eval_command(
     """Evaluate the target model, dense or pruned, on Chat-Scene tasks: metrics, score ratio, speed.
 
     Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
+    Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli eval ...[/bold]
     """
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.cli.tables import print_metrics_table
@@ -193,10 +194,14 @@ def eval_command(
     preflight(settings.pruning, fingerprint, *source.shape(), data)
 
     from fast3d_cli.evaluation.runner import run_pruned_eval
+    from fast3d_cli.launch import distributed_context
 
-    with ProgressReporter("eval") as progress:
+    with (
+        distributed_context(device) as dist,
+        ProgressReporter("eval", enabled=dist.is_main) as progress,
+    ):
         progress.phase(f"loading the target model ({source.describe()})")
-        target = source.load(device=device, dtype=dtype)
+        target = source.load(device=dist.device, dtype=dtype)
         result = run_pruned_eval(
             target,
             fingerprint,
@@ -208,14 +213,16 @@ def eval_command(
             progress=progress.update,
             phase=progress.phase,
             bootstrap=intervals,
+            dist=dist,
         )
-    print_metrics_table(result, file=sys.stderr)
-    emit(output / "metrics.json", result, as_json)
+    if dist.is_main:  # one table and one stdout line, whatever the number of processes
+        print_metrics_table(result, file=sys.stderr)
+        emit(output / "metrics.json", result, as_json)
 
 
 def pruning_settings(
     method: str,
-    maps: Path | None,
+    maps: str | None,
     gap: Path | None,
     keep: int | None,
     ratio: float | None,
@@ -230,8 +237,7 @@ def pruning_settings(
     from fast3d_cli.errors import UserError
     from fast3d_cli.pruning.methods import PruningSettings
 
-    if maps is not None and str(maps) == "-":
-        maps = read_path_from_stdin("--maps")
+    location = None if maps is None else store_argument(maps, "--maps")
     parsed_alpha: float | str | None = alpha
     if alpha is not None and alpha != "auto":
         try:
@@ -240,6 +246,6 @@ def pruning_settings(
             raise UserError(f"--alpha must be a number in (0, 1] or 'auto', got {alpha!r}") from None
     return PruningSettings(
         method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
-        seed=seed, maps=maps, gap=gap, fixed_count=fixed_count,
+        seed=seed, maps=location, gap=gap, fixed_count=fixed_count,
         skip_padding=skip_padding, force=force,
     )  # fmt: skip

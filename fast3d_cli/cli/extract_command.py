@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,20 +19,20 @@ from fast3d_cli.cli.common import (
     TrustCheckpointOption,
     check_choice,
     check_device,
-    check_output_location,
     command_line,
     data_config,
     emit,
     model_source,
+    store_output,
 )
 
 
 def extract_command(
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits.")] = "train,val",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Store to create or complete.")] = Path(
-        "maps.zarr"
-    ),
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Store to create or complete: a path or URL (s3://...).")
+    ] = "maps.zarr",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 8,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Samples per store chunk.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the teacher-caption choice on val.")] = 42,
@@ -77,7 +76,7 @@ def extract_command(
     )
     check_device(device)
     check_choice("--dtype", dtype, DTYPES)
-    check_output_location(output)
+    output = store_output(output)
     data = data_config(config, data_root)
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
 
@@ -99,9 +98,7 @@ def extract_command(
             output,
             command=command_line(),
             overwrite=overwrite,
-            rank=dist.rank,
-            world=dist.world,
-            barrier=dist.barrier,
+            dist=dist,
             progress=progress.update,
             phase=progress.phase,
         )

@@ -19,16 +19,18 @@ from fast3d_cli.cli.common import (
     data_config,
     emit,
     path_or_stdin,
+    store_argument,
+    store_output,
 )
 from fast3d_cli.errors import UserError
 
 
 def train_gap_command(
     stores: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="Attention stores from fast3d extract (train maps; val maps optional); '-' reads a path "
-            "from stdin."
+            help="Attention stores from fast3d extract (train maps; val maps optional), paths or URLs; '-' "
+            "reads one from stdin."
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="GAP directory to create or resume.")] = Path(
@@ -142,7 +144,7 @@ def train_gap_command(
     for folder, option in ((text_encoder, "--text-encoder"), (tokenizer, "--tokenizer")):
         if folder is not None and not folder.is_dir():
             raise UserError(f"{option} folder not found: {folder}")
-    stores = [path_or_stdin(store, "STORE") for store in stores]
+    locations = [store_argument(store, "STORE") for store in stores]
     data = data_config(config, data_root)
     overrides = read_config_overrides(gap_config)
 
@@ -153,7 +155,7 @@ def train_gap_command(
     main = is_main_process()  # under accelerate launch, only rank 0 reports and prints
     with ProgressReporter("train-gap", unit="steps", enabled=main) as progress:
         result = train_gap(
-            stores,
+            locations,
             output,
             settings,
             data,
@@ -181,8 +183,8 @@ def predict_command(
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks, or 'all'.")] = "all",
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits.")] = "val",
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Prediction store to create or complete.")
-    ] = Path("pred.zarr"),
+        str, typer.Option("--output", "-o", help="Prediction store to create or complete: a path or URL.")
+    ] = "pred.zarr",
     roberta: Annotated[
         Path | None,
         typer.Option("--roberta", help="RoBERTa folder of an official checkpoint (roberta-base)."),
@@ -228,7 +230,7 @@ def predict_command(
         limit=limit,
     )
     check_device(device)
-    check_output_location(output)
+    output = store_output(output)
     data = data_config(config, data_root)
     source = GAPSource.from_path(
         path_or_stdin(gap, "GAP"), roberta=roberta, config_file=gap_config, trust_checkpoint=trust_checkpoint
@@ -249,9 +251,7 @@ def predict_command(
             device=dist.device,
             command=command_line(),
             overwrite=overwrite,
-            rank=dist.rank,
-            world=dist.world,
-            barrier=dist.barrier,
+            dist=dist,
             progress=progress.update,
             phase=progress.phase,
         )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import JsonOption, emit, path_or_stdin
+from fast3d_cli.cli.common import JsonOption, emit, store_argument
 
 
 def info_command(
-    store: Annotated[Path, typer.Argument(help="A fast3d store, or '-' to read its path from stdin.")],
+    store: Annotated[
+        str, typer.Argument(help="A fast3d store (a path or URL), or '-' to read it from stdin.")
+    ],
     verify: Annotated[
         bool,
         typer.Option(
@@ -32,7 +33,7 @@ def info_command(
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.stores import open_store
 
-    store = path_or_stdin(store, "STORE")
+    store = store_argument(store, "STORE")
     opened = open_store(store)
     with ProgressReporter("info") as progress:
         if verify:

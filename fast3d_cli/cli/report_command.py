@@ -15,6 +15,7 @@ from fast3d_cli.cli.common import (
     check_output_location,
     data_config,
     emit,
+    store_argument,
 )
 from fast3d_cli.errors import UserError
 
@@ -28,11 +29,11 @@ def report_command(
         "report"
     ),
     true_maps: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--true-maps", help="Attention store (fast3d extract) for the scene top view."),
     ] = None,
     pred_maps: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--pred-maps", help="Prediction store (fast3d predict) for the scene top view."),
     ] = None,
     sample: Annotated[
@@ -68,8 +69,8 @@ def report_command(
     files = make_report(
         loaded,
         output,
-        true_maps=true_maps,
-        pred_maps=pred_maps,
+        true_maps=None if true_maps is None else store_argument(true_maps, "--true-maps"),
+        pred_maps=None if pred_maps is None else store_argument(pred_maps, "--pred-maps"),
         sample=sample,
         split=split_name,
         data=data_config(config, data_root),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit, path_or_stdin
+from fast3d_cli.cli.common import ConfigOption, DataRootOption, JsonOption, data_config, emit, store_argument
 from fast3d_cli.errors import UserError
 
 
 def search_alpha_command(
     store: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="A prediction store (fast3d predict) or attention store (fast3d extract), or '-' to read "
             "its path from stdin."
@@ -56,7 +55,7 @@ def search_alpha_command(
     from fast3d_cli.data.tasks import parse_tasks
     from fast3d_cli.pruning.alpha_search import search_alpha
 
-    store = path_or_stdin(store, "STORE")
+    store = store_argument(store, "STORE")
     names = None if tasks is None or tasks.strip() in ("", "all") else parse_tasks(tasks)
     padding = data_config(config, data_root) if skip_padding else None
     result = search_alpha(

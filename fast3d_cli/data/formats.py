@@ -62,11 +62,17 @@ def read_pt(path: Path) -> Any:
 
 def write_json(path: Path, data: Any, indent: int | None = None) -> None:
     """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
+    write_text_atomic(path, json.dumps(data, indent=indent))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file, fsync, rename): a crash leaves the old file or the new."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with naming_os_errors(path), removed_on_error(tmp):
         with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ from fast3d_cli.evaluation.confidence import (
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
+from fast3d_cli.launch import SINGLE_PROCESS, DistributedContext
 from fast3d_cli.pruning.methods import PruningSettings
 from fast3d_cli.records import changed_fields, describe_change
 
@@ -98,9 +99,10 @@ def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Check that ``out_dir`` holds nothing, or this same evaluation (resolved identity included), and write
-    its run.json. Another evaluation is refused, naming the first field that differs, unless ``overwrite``."""
+def _check_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
+    """Check that ``out_dir`` holds nothing, or this same evaluation (resolved identity included); another
+    evaluation is refused, naming the first field that differs, unless ``overwrite``. Returns whether earlier
+    predictions must be cleared."""
     path = out_dir / "run.json"
     if path.is_file() and not overwrite:
         old = read_json(path)
@@ -110,13 +112,28 @@ def _prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) ->
                 f"{out_dir} holds predictions made with another {change}; use --overwrite to replace them or "
                 "choose another --output"
             )
-    elif out_dir.exists() and any(out_dir.iterdir()):
+        return False
+    if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite and not path.is_file():
             raise UserError(f"{out_dir} exists and is not an evaluation directory; choose another --output")
-        shutil.rmtree(out_dir / "predictions", ignore_errors=True)
-        (out_dir / "metrics.json").unlink(missing_ok=True)
-        (out_dir / UNITS_FILE).unlink(missing_ok=True)
-    write_json(path, manifest, indent=2)
+        return True
+    return False
+
+
+def _prepare_output(
+    out_dir: Path, manifest: dict[str, Any], overwrite: bool, dist: DistributedContext = SINGLE_PROCESS
+) -> None:
+    """Every rank checks ``out_dir`` (:func:`_check_output`); then the coordinator clears it if needed and
+    writes run.json."""
+    clear = _check_output(out_dir, manifest, overwrite)
+    dist.barrier()  # every rank has checked before the coordinator changes anything
+    if dist.is_main:
+        if clear:
+            shutil.rmtree(out_dir / "predictions", ignore_errors=True)
+            (out_dir / "metrics.json").unlink(missing_ok=True)
+            (out_dir / UNITS_FILE).unlink(missing_ok=True)
+        write_json(out_dir / "run.json", manifest, indent=2)
+    dist.barrier()
 
 
 def prediction_record(
@@ -224,6 +241,51 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
     return {"metrics": metrics, "headline": headline_scores(flat)}
 
 
+def _prediction_log(out_dir: Path, task: str) -> PredictionLog:
+    return PredictionLog(out_dir / "predictions" / f"{task}.jsonl")
+
+
+@dataclass
+class _Generation:
+    """What generating a rank's share of samples needs, for one evaluation."""
+
+    model: Any
+    bank: SceneBank
+    settings: EvalSettings
+    pruner: Any
+    timer: Any
+    progress: ProgressCallback | None
+    world: int
+
+    def run(self, label: str, total: int, finished: int, mine: Sequence[Sample], log: PredictionLog) -> int:
+        """Generate ``mine`` (this rank's share of one task's missing samples) batch by batch, appending each
+        batch to ``log``; ``finished``: the samples of the task done before this run."""
+        log.repair()
+        if self.progress:
+            self.progress(label, finished, total)
+        size = self.settings.batch_size
+        for start in range(0, len(mine), size):
+            batch = mine[start : start + size]
+            out = generate_answers(
+                self.model, self.bank, batch, self.settings.generation, self.pruner, self.timer
+            )
+            log.append(
+                prediction_record(s, t, k, n, o)
+                for s, t, k, n, o in zip(
+                    batch, out.texts, out.kept_visual, out.prompt_tokens, out.kept_objects, strict=True
+                )
+            )
+            if self.progress:  # the ranks advance about equally: this rank's count stands for each one's
+                self.progress(label, min(total, finished + (start + len(batch)) * self.world), total)
+        return len(mine)
+
+
+def _missing(log: PredictionLog, samples: Sequence[Sample]) -> list[Sample]:
+    """The samples not yet in ``log`` or in any rank log beside it."""
+    done = log.read_all()
+    return [s for s in samples if s.index not in done]
+
+
 def run_eval(
     model: Any,
     model_fingerprint: str,
@@ -234,9 +296,16 @@ def run_eval(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     phase: PhaseCallback | None = None,
+    dist: DistributedContext = SINGLE_PROCESS,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (pruned as ``settings.pruning`` says) on ``settings.tasks``; returns the metrics
-    document also written to metrics.json. Samples already in the prediction logs are not generated again."""
+    document also written to metrics.json. Samples already in the prediction logs are not generated again.
+
+    Under ``accelerate launch`` every rank calls this. The missing samples of each task are sharded (rank r
+    of W generates every W-th, in batches of ``batch_size``; a batch of N gives the outputs of N batches of
+    1, so the sharding changes no prediction), each rank appends to its own log, and the coordinator merges
+    the logs, scores once and returns the metrics; the other ranks return ``{}``.
+    """
     from fast3d_cli.evaluation.speed import SpeedTimer
     from fast3d_cli.pruning.pruner import Pruner
 
@@ -261,47 +330,54 @@ def run_eval(
             "attention": getattr(model.llm.config, "_attn_implementation", None),
             **pruner.resolved_identity([s for rows in samples.values() for s in rows]),
         },
+        "world_size": dist.world,  # the processes that ran (not part of the identity: any count resumes)
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_output(out_dir, manifest, overwrite)
+    _prepare_output(out_dir, manifest, overwrite, dist)
+    # every rank reads what is done before any rank appends, so all ranks shard the same missing samples
+    missing = {task: _missing(_prediction_log(out_dir, task), rows) for task, rows in samples.items()}
+    dist.barrier()
     bank = SceneBank(data, settings.split)
     timer = SpeedTimer(model.device)
+    generation = _Generation(model, bank, settings, pruner, timer, progress, dist.world)
     started, generated = time.perf_counter(), 0
     for task, task_samples in samples.items():
-        log = PredictionLog(out_dir / "predictions" / f"{task}.jsonl")
-        log.repair()
-        done = log.read()
-        todo = [s for s in task_samples if s.index not in done]
-        if progress:
-            progress(f"{out_dir.name} {task}", len(task_samples) - len(todo), len(task_samples))
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start : start + settings.batch_size]
-            out = generate_answers(model, bank, batch, settings.generation, pruner, timer)
-            log.append(
-                prediction_record(s, t, k, n, o)
-                for s, t, k, n, o in zip(
-                    batch, out.texts, out.kept_visual, out.prompt_tokens, out.kept_objects, strict=True
-                )
-            )
-            generated += len(batch)
-            if progress:
-                done_now = len(task_samples) - len(todo) + start + len(batch)
-                progress(f"{out_dir.name} {task}", done_now, len(task_samples))
+        log = _prediction_log(out_dir, task)
+        generated += generation.run(
+            f"{out_dir.name} {task}",
+            len(task_samples),
+            len(task_samples) - len(missing[task]),
+            dist.shard(missing[task]),
+            log if dist.world == 1 else log.shard(dist.rank),
+        )
+    ranks = dist.gather({"generated": generated, "timer": timer.counters()})  # waits for every rank
     seconds = time.perf_counter() - started
+    if not dist.is_main:
+        return {}
+    for task, rows in samples.items():
+        _prediction_log(out_dir, task).merge_shards([s.index for s in rows])
     phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
-    previous = out_dir / "metrics.json"
-    speed = timer.summary(generated, seconds)
-    if not generated and previous.is_file():  # nothing new: keep the speed measured when it was generated
-        speed = load_metrics(previous).get("speed", speed)
     result = {
         **score(out_dir, data, bank, settings),
         "samples": {t: len(s) for t, s in samples.items()},
         "pruning": pruning_summary(out_dir, settings, pruner, model.llm.config),
-        "speed": speed,
+        "speed": _speed(timer, ranks, seconds, out_dir / "metrics.json"),
         "run": manifest,
     }
     write_json(out_dir / "metrics.json", result, indent=2)
     return result
+
+
+def _speed(timer: Any, ranks: list[dict[str, Any]], seconds: float, previous: Path) -> dict[str, Any]:
+    """The speed section over every rank (``ranks``: each one's samples and timer counters, rank 0 first,
+    whose own timer is ``timer``); a run that generated nothing keeps the speed measured when it did."""
+    for other in ranks[1:]:
+        timer.absorb(other["timer"])
+    generated = sum(r["generated"] for r in ranks)
+    speed = timer.summary(generated, seconds, [r["timer"]["peak_memory_mib"] for r in ranks])
+    if not generated and previous.is_file():
+        speed = load_metrics(previous).get("speed", speed)
+    return speed
 
 
 def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_config: Any) -> dict[str, Any]:
@@ -356,19 +432,32 @@ def run_pruned_eval(
     progress: ProgressCallback | None = None,
     phase: PhaseCallback | None = None,
     bootstrap: BootstrapSettings | None = None,
+    dist: DistributedContext = SINGLE_PROCESS,
 ) -> dict[str, Any]:
     """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
     ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it, with
     its paired-bootstrap interval (``bootstrap``, default `BootstrapSettings()`)."""
     result = run_eval(
-        model, model_fingerprint, data, settings, out_dir, overwrite=overwrite, progress=progress, phase=phase
+        model,
+        model_fingerprint,
+        data,
+        settings,
+        out_dir,
+        overwrite=overwrite,
+        progress=progress,
+        phase=phase,
+        dist=dist,
     )
     if settings.pruning.method == "none" or baseline_dir is None:
         return result
     if phase is not None:
         phase(f"the dense run for the score ratio ({baseline_dir})")
     dense = settings.dense
-    baseline = run_eval(model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase)
+    baseline = run_eval(
+        model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase, dist=dist
+    )
+    if not dist.is_main:
+        return result
     add_score_ratio(result, baseline, baseline_dir)
     bootstrap = bootstrap or BootstrapSettings()
     add_score_ratio_interval(result, read_units(out_dir), read_units(baseline_dir), bootstrap)

@@ -34,12 +34,28 @@ class SpeedTimer:
     def wrap(self, decoder: Any) -> _TimedDecoder:
         return _TimedDecoder(decoder, self)
 
-    def summary(self, generated: int, seconds: float) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
+        """This timer's sums and its peak memory in MiB (None off CUDA), for gathering across ranks."""
         peak = None
         if self.cuda:
             import torch
 
             peak = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        names = ("prefill_seconds", "prefills", "prefill_rows", "decode_seconds", "decode_steps")
+        return {**{name: getattr(self, name) for name in names}, "peak_memory_mib": peak}
+
+    def absorb(self, counters: dict[str, Any]) -> None:
+        """Add another rank's :meth:`counters` to this timer's sums."""
+        for name, value in counters.items():
+            if name != "peak_memory_mib":
+                setattr(self, name, getattr(self, name) + value)
+
+    def summary(
+        self, generated: int, seconds: float, peaks: list[float | None] | None = None
+    ) -> dict[str, Any]:
+        """The speed section; ``peaks``: every rank's peak memory (the largest is reported)."""
+        known = [p for p in (peaks or [self.counters()["peak_memory_mib"]]) if p is not None]
+        peak = max(known) if known else None
         return {
             "generated_samples": generated,
             "seconds": round(seconds, 3),

@@ -30,7 +30,8 @@ from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank, load_samples
 from fast3d_cli.errors import UserError
 from fast3d_cli.gap.sources import GAPSource
-from fast3d_cli.stores import StoreError, fill_missing_chunks, open_store, writer_lock
+from fast3d_cli.launch import SINGLE_PROCESS, DistributedContext
+from fast3d_cli.stores import StoreError, StoreLocation, fill_missing_chunks, open_store, writer_lock
 from fast3d_cli.stores.chunks import ProgressCallback
 from fast3d_cli.stores.store import is_store
 
@@ -117,12 +118,12 @@ def training_provenance(source: GAPSource) -> dict[str, Any]:
 
 
 def _prepare_prediction_store(
-    out: Path, root_attrs: dict[str, Any], groups: dict[str, tuple[int, str]], overwrite: bool
+    out: StoreLocation, root_attrs: dict[str, Any], groups: dict[str, tuple[int, str]], overwrite: bool
 ) -> None:
     """Coordinator only: create or validate the store; one made with another GAP network is named first."""
     from fast3d_cli.attention.extract import prepare_store
 
-    if out.exists() and is_store(out) and not overwrite:
+    if is_store(out) and not overwrite:
         old = (open_store(out).attrs.get("gap") or {}) if open_store(out).kind == "prediction" else None
         if old is not None and old.get("fingerprint") != root_attrs["gap"]["fingerprint"]:
             raise StoreError(
@@ -136,18 +137,17 @@ def predict(
     gap: GAPSource | Path,
     data: DataConfig,
     settings: PredictSettings,
-    out: Path,
+    out: StoreLocation | Path | str,
     *,
     device: str = "cpu",
     command: str = "",
     overwrite: bool = False,
-    rank: int = 0,
-    world: int = 1,
-    barrier: Callable[[], None] = lambda: None,
+    dist: DistributedContext = SINGLE_PROCESS,
     progress: ProgressCallback | None = None,
     phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fill the prediction store ``out`` for every task/split; returns {"computed": n, "store": summary, ...}.
+    """Fill the prediction store ``out`` (a path or URL) for every task/split; returns {"computed": n,
+    "store": summary, ...}.
 
     ``gap`` is a :class:`GAPSource` or a GAP directory. A store made with another GAP network, other data or
     other settings is refused unless ``overwrite``.
@@ -187,12 +187,12 @@ def predict(
         "gap": description,
         "training": {k: v for k, v in trained.items() if k not in ("model", "n_layers", "n_visual")},
     }
-    out = Path(out)
-    with writer_lock(out) if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
+    out = StoreLocation.parse(out)
+    with writer_lock(out) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
             groups = {k: (len(v), annotation_fps[k]) for k, v in samples.items()}
             _prepare_prediction_store(out, root_attrs, groups, overwrite)
-        barrier()
+        dist.barrier()
         store = open_store(out, kind="prediction", read_only=False)
         banks = {split: SceneBank(data, split) for split in settings.splits}
         computed = 0
@@ -205,9 +205,15 @@ def predict(
                 lambda chunk, bank=bank: predict_chunk(
                     model, tokenizer, bank, chunk, settings.batch_size, precision
                 ),
-                rank,
-                world,
+                dist.rank,
+                dist.world,
                 progress,
             )
-        barrier()
-    return {"computed": computed, "store": store.summary(), "gap": description, "settings": asdict(settings)}
+        dist.barrier()
+    return {
+        "computed": computed,
+        "store": store.summary(),
+        "gap": description,
+        "settings": asdict(settings),
+        "world_size": dist.world,
+    }

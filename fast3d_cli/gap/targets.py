@@ -22,7 +22,7 @@ from fast3d_cli.data import DataConfig, Sample, load_samples
 from fast3d_cli.data.formats import require_file
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.errors import UserError, article
-from fast3d_cli.stores import MapStore, StoreError, open_store
+from fast3d_cli.stores import MapStore, StoreError, StoreLocation, open_store
 
 TARGET_ARRAYS = ("object_scores", "prompt_scores")
 
@@ -33,7 +33,7 @@ class TargetGroup:
 
     task: str
     split: str
-    store: Path
+    store: StoreLocation
     samples: list[Sample]
     targets: np.ndarray
     annotation: str
@@ -82,10 +82,10 @@ class TargetSet:
         out = []
         for store in self.stores:
             attrs = store.attrs
-            used = sorted(k for k, g in self.groups.items() if Path(g.store) == Path(store.path))
+            used = sorted(k for k, g in self.groups.items() if g.store == store.path)
             out.append(
                 {
-                    "path": str(Path(store.path).resolve()),
+                    "path": store.path.resolved(),
                     "kind": attrs.get("kind"),
                     "model": attrs.get("model"),
                     "data": attrs.get("data"),
@@ -107,7 +107,7 @@ def open_attention_stores(paths: Sequence[Path]) -> list[MapStore]:
         raise UserError("give at least one attention store (from fast3d extract)")
     stores = []
     for path in paths:
-        store = open_store(Path(path))
+        store = open_store(path)
         kind = store.attrs.get("kind")
         if kind != "attention":
             raise StoreError(
@@ -222,7 +222,7 @@ def _read_group(
     if not np.isfinite(values).all():
         row = int(np.argmin(np.isfinite(values).all(1)))
         raise StoreError(f"{store.path}: {group.path}/{target} row {row} is not finite")
-    return TargetGroup(task, split, Path(store.path), samples, values, annotation_fp)
+    return TargetGroup(task, split, store.path, samples, values, annotation_fp)
 
 
 def model_dir_from_provenance(stores: Sequence[MapStore]) -> Path | None:

@@ -11,10 +11,11 @@
   as the official code does. Every epoch the selection set (and val, when present) is evaluated: KL, top-k F1
   and the target mass captured by the predicted top-k, per task; one JSON line per evaluation in
   ``metrics.jsonl`` (epoch 0 = before training).
-- Resumable: a checkpoint every ``checkpoint_every`` steps and at every epoch end (model, optimizer,
-  scheduler, every rank's RNG states, position in the epoch, running loss), written atomically. The data
-  order is a pure function of (seed, epoch), so a rerun after a kill continues exactly where the checkpoint
-  was taken: on CPU the final weights equal those of an uninterrupted run bit for bit.
+- Resumable: a checkpoint every ``checkpoint_every`` steps and at every epoch end, made by accelerate's own
+  ``save_state`` (model, optimizer, scheduler, every rank's RNG states) plus the position in the epoch and
+  the running loss (:mod:`fast3d_cli.gap.checkpointing`). The data order is a pure function of (seed,
+  epoch), so a rerun after a kill continues exactly where the checkpoint was taken: on CPU the final
+  weights equal those of an uninterrupted run bit for bit.
 - Several processes through accelerate (DDP; gloo on CPU). Each step takes a global batch of
   ``batch_size x world`` samples; rank r gets its r-th slice. Only rank 0 writes files.
 
@@ -24,7 +25,12 @@ Output directory::
       config.json model.safetensors tokenizer*   the selected (best) network, ``save_gap`` format
       training.json                              provenance: stores, fingerprints, settings, best epoch
       metrics.jsonl                              one JSON object per evaluation
-      checkpoints/step-XXXXXXXX.pt               the latest training checkpoint
+      checkpoints/step-XXXXXXXX/                 the latest training checkpoint (accelerate's save_state)
+
+The code follows the run in order: data (:func:`load_training_data`), model (:func:`build_training_model`),
+one epoch (:func:`train_epoch`, :func:`train_step`), validation and selection (:func:`evaluate`,
+:func:`finish_epoch`) and checkpointing (:class:`~fast3d_cli.gap.checkpointing.Checkpoints`), put together
+by :func:`train_gap`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -45,16 +50,15 @@ import numpy as np
 
 from fast3d_cli import __version__
 from fast3d_cli.data import DataConfig, Sample, SceneBank
-from fast3d_cli.data.formats import torch_save
-from fast3d_cli.errors import UserError, naming_os_errors, removed_on_error
+from fast3d_cli.data.formats import write_text_atomic
+from fast3d_cli.errors import UserError, naming_os_errors
+from fast3d_cli.gap.checkpointing import CHECKPOINT_DIR, Checkpoints, TrainingState
 from fast3d_cli.gap.configuration import GAPConfig
 from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
 from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
 from fast3d_cli.records import changed_fields, describe_change
 
 METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FORMAT = "fast3d-gap-training"
 SELECT_METRICS = {  # name -> True when larger is better
     "kd_loss": False,
     "topk_5_f1_score": True,
@@ -408,131 +412,85 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Output directory, checkpoints
+# Data: the target maps, split into training, selection and validation sets, and the step counts
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass
+class TrainingData:
+    """What one training run reads: the joined target maps, the training split, the evaluation sets
+    (``holdout`` and/or ``val``), the scene banks, and the step counts for ``world`` processes."""
+
+    targets: TargetSet
+    train: Split
+    eval_sets: dict[str, Split]
+    banks: dict[str, SceneBank]
+    seed: int
+    batch_size: int  # per process
+    world: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    def epoch_batches(self, epoch: int, rank: int) -> list[list[int]]:
+        """This rank's sample ids for every step of ``epoch``: step b takes the b-th global batch of the
+        epoch's order (a pure function of (seed, epoch)) and rank r its r-th slice."""
+        order = epoch_order(len(self.train), self.seed, epoch)
+        size, global_batch = self.batch_size, self.batch_size * self.world
+        return [
+            order[b * global_batch : (b + 1) * global_batch][rank * size : (rank + 1) * size]
+            for b in range(self.steps_per_epoch)
+        ]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with naming_os_errors(path), removed_on_error(tmp):
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _is_training_dir(out: Path) -> bool:
-    return any((out / n).exists() for n in (TRAINING_RECORD, CHECKPOINT_DIR, METRICS_NAME))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def checkpoint_paths(out: Path) -> list[Path]:
-    """Complete checkpoints, newest first."""
-    directory = Path(out) / CHECKPOINT_DIR
-    if not directory.is_dir():
-        return []
-    return sorted(directory.glob("step-*.pt"), reverse=True)
-
-
-def load_training_checkpoint(out: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint of ``out`` (None if there is none)."""
-    import torch
-
-    for path in checkpoint_paths(out):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged file: fall back to the previous one
-            continue
-        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-            return payload
-    return None
-
-
-def _save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
-
-    directory = Path(out) / CHECKPOINT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"step-{payload['step']:08d}.pt"
-    tmp = path.with_name(path.name + ".partial")
-    with naming_os_errors(path), removed_on_error(tmp):
-        torch_save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    _fsync_dir(directory)
-    for old in checkpoint_paths(out):
-        if old != path:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value
-
-
-def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """Check ``out`` (all ranks, read-only); returns a finished run's record when there is nothing to do."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not _is_training_dir(out):
-        raise UserError(f"{out} exists and is not a GAP training directory; choose another output path")
-    record = _read_json(out / TRAINING_RECORD) if out.is_dir() else None
-    checkpoint_identity = None
-    if record is None and out.is_dir():
-        payload = load_training_checkpoint(out)
-        checkpoint_identity = payload.get("identity") if payload else None
-    found = record.get("identity") if record else checkpoint_identity
-    if found is not None and found != identity:
-        if not overwrite:
-            changed = changed_fields(found, identity) or ["settings"]
-            raise UserError(
-                f"{out} holds a training run with another {describe_change(found, identity, changed[0])}; "
-                "use --overwrite to replace it or choose another output"
-            )
-        return {"overwrite": True}
-    if record is not None and record.get("complete") and found == identity:
-        return record
-    return None
+def load_training_data(
+    stores: Sequence[Any], data: DataConfig, settings: TrainSettings, world: int
+) -> TrainingData:
+    """Read the target maps of ``stores`` (paths or URLs) and split them (refusing what cannot train)."""
+    tasks_hint = list(settings.tasks) if settings.tasks else None
+    optional = () if settings.evaluate_val is False else ("val",)
+    required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
+    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target, settings.limit)
+    use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
+    train, holdout = _split_train(tset, settings)
+    eval_sets = {"holdout": holdout} if holdout is not None else {}
+    if use_val:
+        eval_sets["val"] = _val_split(tset)
+    steps_per_epoch = len(train) // (settings.batch_size * world)
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{len(train)} training samples are fewer than one global batch ({settings.batch_size} x {world} "
+            "processes); lower --batch-size"
+        )
+    return TrainingData(
+        targets=tset,
+        train=train,
+        eval_sets=eval_sets,
+        banks={"train": SceneBank(data, "train"), "val": SceneBank(data, "val")},
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        world=world,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * settings.epochs,
+        warmup_steps=round(settings.warmup_epochs * steps_per_epoch),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Training
+# Model: the network, its optimizer and schedule, prepared by accelerate
+
+
+@dataclass
+class TrainingModel:
+    """The prepared network (DDP when launched with several processes), optimizer and LR scheduler."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    raw: Any  # the network itself (unwrapped), for evaluation and saving
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[-1]["lr"]
 
 
 def _make_accelerator(settings: TrainSettings, device: str) -> Any:
@@ -547,19 +505,315 @@ def _make_accelerator(settings: TrainSettings, device: str) -> Any:
         raise UserError("bf16 mixed precision is for CUDA only; use --mixed-precision no on CPU")
     if precision == "auto":
         precision = "bf16" if cuda else "no"
-    return Accelerator(cpu=not cuda, mixed_precision=precision)
+    # one scheduler step per optimizer step, whatever the number of processes (the schedule counts steps)
+    return Accelerator(cpu=not cuda, mixed_precision=precision, step_scheduler_with_optimizer=False)
 
 
-def _gather(accelerator: Any) -> Callable[[Any], list[Any]]:
+def build_training_model(
+    network: NetworkSpec, settings: TrainSettings, text_lr: float, data: TrainingData, accelerator: Any
+) -> TrainingModel:
+    """The network initialised from ``settings.seed``, AdamW with the §4.4 parameter groups, warmup then a
+    floored half cosine; each rank's dropout stream seeded from (seed, rank); all prepared by accelerate."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    model = network.build()
+    pooler = getattr(model.text_encoder, "pooler", None)
+    if pooler is not None:  # unused, as official (they pass find_unused_parameters=True instead)
+        pooler.requires_grad_(False)
+    model.to(accelerator.device)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.lr, text_lr, settings.weight_decay),
+        betas=(0.9, 0.999),
+        fused=(accelerator.device.type == "cuda") or None,
+    )
+    warmup, total, floor = data.warmup_steps, data.total_steps, settings.min_lr_multi
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup, total, floor))
+    torch.manual_seed(_hash_int("dropout", settings.seed, accelerator.process_index))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return TrainingModel(model, optimizer, scheduler, accelerator.unwrap_model(model))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run: one epoch, validation and selection, checkpoints, the metrics log
+
+
+@dataclass
+class TrainingRun:
+    """One training run in progress (every rank holds one; only the coordinator writes files)."""
+
+    accelerator: Any
+    settings: TrainSettings
+    data: TrainingData
+    network: NetworkSpec
+    parts: TrainingModel
+    out: Path
+    identity: dict[str, Any]
+    checkpoint_every: int
+    progress: ProgressCallback | None
+    state: TrainingState = field(default_factory=TrainingState)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def gather(self, obj: Any) -> list[Any]:
+        return _gather(self.accelerator, obj)
+
+    def report(self, phase: str, loss: float | None = None) -> None:
+        if self.progress is None or not self.main:
+            return
+        epochs = self.settings.epochs
+        epoch = min(self.state.epoch + 1, epochs) if phase != "done" else epochs
+        step, total = self.state.step, self.data.total_steps
+        self.progress(TrainProgress(phase, step, total, epoch, epochs, loss, self.parts.lr))
+
+    def log(self, line: dict[str, Any]) -> None:
+        """Append one evaluation line to metrics.jsonl (durably; the count is part of the checkpoint)."""
+        self.state.metrics_lines += 1
+        if self.main:
+            path = self.out / METRICS_NAME
+            with naming_os_errors(path), open(path, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def checkpoint(self) -> None:
+        Checkpoints(self.out).save(self.accelerator, self.state, self.identity)
+
+
+def train_step(run: TrainingRun, ids: list[int]) -> float:
+    """One optimizer step on this rank's samples ``ids``; returns the loss."""
+    from fast3d_cli.gap.inputs import build_batch
+    from fast3d_cli.gap.modeling import kl_distribution_loss
+
+    accelerator, parts, data = run.accelerator, run.parts, run.data
+    samples = [data.train.samples[i] for i in ids]
+    batch = build_batch(samples, data.banks["train"], run.network.tokenizer, run.network.config)
+    batch = batch.to(accelerator.device)
+    with accelerator.autocast():
+        logits = parts.model(**batch.model_inputs())
+    loss = kl_distribution_loss(logits, data.train.targets[ids].to(accelerator.device))
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(parts.model.parameters(), run.settings.max_grad_norm)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise UserError(f"the training loss became {value} at step {run.state.step + 1}; lower --lr")
+    return value
+
+
+def train_epoch(run: TrainingRun, epoch: int) -> int:
+    """Train the rest of ``epoch`` (from the batch a resumed checkpoint stopped at), checkpointing every
+    ``checkpoint_every`` steps; returns the steps trained."""
+    state, steps = run.state, run.data.steps_per_epoch
+    batches = run.data.epoch_batches(epoch, run.accelerator.process_index)
+    trained = 0
+    run.parts.model.train()
+    for b in range(state.batch, steps):
+        value = train_step(run, batches[b])
+        state.loss[0] += value
+        state.loss[1] += 1
+        state.step += 1
+        state.batch = b + 1
+        trained += 1
+        run.report("train", value)
+        if run.checkpoint_every and state.step % run.checkpoint_every == 0 and b + 1 < steps:
+            run.checkpoint()
+    return trained
+
+
+def evaluate_all(run: TrainingRun) -> dict[str, Any]:
+    """Validation metrics of every evaluation set (rank-sharded, gathered)."""
+    run.report("evaluate")
+    accelerator, network = run.accelerator, run.network
+    return {
+        name: evaluate(
+            run.parts.raw,
+            split,
+            run.data.banks[split.split],
+            network.tokenizer,
+            network.config,
+            run.settings.eval_batch_size,
+            accelerator.device,
+            accelerator.autocast,
+            accelerator.process_index,
+            accelerator.num_processes,
+            run.gather,
+        )
+        for name, split in run.data.eval_sets.items()
+    }
+
+
+def finish_epoch(run: TrainingRun, epoch: int) -> None:
+    """Evaluate, select (saving the network when it improves), log, then checkpoint the epoch's end."""
+    settings, state = run.settings, run.state
+    results = evaluate_all(run)
+    losses = run.gather(list(state.loss))
+    train_loss = sum(p[0] for p in losses) / max(1, sum(p[1] for p in losses))
+    chosen = results[settings.select_on]["all"][settings.select_metric]
+    larger = SELECT_METRICS[settings.select_metric]
+    best = state.best
+    improved = best is None or (chosen > best["value"] if larger else chosen < best["value"])
+    if improved:
+        state.best = {"epoch": epoch + 1, "step": state.step, "value": chosen}
+        if run.main:
+            from fast3d_cli.gap.io import save_gap
+
+            save_gap(run.parts.raw, run.network.tokenizer, run.out)
+    selection = {"set": settings.select_on, "metric": settings.select_metric, "value": chosen}
+    line = {"epoch": epoch + 1, "step": state.step, "train_loss": train_loss, "lr": run.parts.lr}
+    run.log({**line, **results, "selection": {**selection, "best": improved}})
+    state.epoch, state.batch, state.loss = epoch + 1, 0, [0.0, 0]
+    run.checkpoint()
+
+
+def resume_or_start(run: TrainingRun) -> int | None:
+    """Restore the newest checkpoint (returning its step), or start: metrics.jsonl anew with the epoch-0
+    evaluation (returning None)."""
+    restored = Checkpoints(run.out).restore(run.accelerator)
+    if restored is not None:
+        run.state = restored
+        if run.main:
+            _truncate_lines(run.out / METRICS_NAME, restored.metrics_lines)
+        return restored.step
+    if run.main:
+        (run.out / METRICS_NAME).unlink(missing_ok=True)
+    run.log({"epoch": 0, "step": 0, **evaluate_all(run)})
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output directory and run record
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    write_text_atomic(path, text)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_training_dir(out: Path) -> bool:
+    return any((out / n).exists() for n in (TRAINING_RECORD, CHECKPOINT_DIR, METRICS_NAME))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Check ``out`` (all ranks, read-only); returns a finished run's record when there is nothing to do."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not _is_training_dir(out):
+        raise UserError(f"{out} exists and is not a GAP training directory; choose another output path")
+    record = _read_json(out / TRAINING_RECORD) if out.is_dir() else None
+    checkpoint_identity = None
+    if record is None and out.is_dir():
+        newest = Checkpoints(out).newest_record()
+        checkpoint_identity = newest.get("identity") if newest else None
+    found = record.get("identity") if record else checkpoint_identity
+    if found is not None and found != identity:
+        if not overwrite:
+            changed = changed_fields(found, identity) or ["settings"]
+            raise UserError(
+                f"{out} holds a training run with another {describe_change(found, identity, changed[0])}; "
+                "use --overwrite to replace it or choose another output"
+            )
+        return {"overwrite": True}
+    if record is not None and record.get("complete") and found == identity:
+        return record
+    return None
+
+
+def _reset_out_dir(out: Path, found: dict[str, Any] | None) -> None:
+    """Coordinator only: replace a run made with other settings (--overwrite), and drop half-written files."""
+    if found is not None and found.get("overwrite"):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.partial"):
+        stale.unlink(missing_ok=True)
+    Checkpoints(out).remove_partial()
+
+
+def run_identity(
+    data: TrainingData, settings: TrainSettings, network: NetworkSpec, text_encoder: Path | None
+) -> dict[str, Any]:
+    """What must match for a rerun to resume (or to be done already) in the same output directory."""
+    tset = data.targets
+    identity = {
+        "targets": tset.targets_fingerprint(),
+        "model": tset.model,
+        "data": tset.data,
+        "tasks": list(tset.tasks),
+        "settings": settings.identity(),
+        "gap_config": network.config.to_dict(),
+        "text_encoder": _dir_fingerprint(text_encoder) if text_encoder else None,
+        "tokenizer": network.tokenizer_source.get("fingerprint"),
+        "processes": data.world,  # the global batch and each rank's dropout stream depend on it
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+def training_record(
+    run: TrainingRun, text_encoder: Path | None, text_lr: float, command: str
+) -> dict[str, Any]:
+    """training.json: provenance, settings and sizes (``complete`` and the best epoch come at the end)."""
+    data, settings, config = run.data, run.settings, run.network.config
+    return {
+        "complete": False,
+        "identity": run.identity,
+        "stores": data.targets.provenance(),
+        "model": data.targets.model,
+        "data": data.targets.data,
+        "n_objects": data.targets.n_objects,
+        "tasks": list(data.targets.tasks),
+        "target": settings.target,
+        "settings": asdict(settings),
+        "text_lr": text_lr,
+        "text_encoder": {
+            "init": "pretrained" if text_encoder is not None else "scratch",
+            "path": str(Path(text_encoder).resolve()) if text_encoder else None,
+            **run.network.tokenizer_source,
+        },
+        "gap_config": config.to_dict(),
+        "samples": {"train": len(data.train), **{name: len(s) for name, s in data.eval_sets.items()}},
+        "selection": {"set": settings.select_on, "metric": settings.select_metric},
+        "steps_per_epoch": data.steps_per_epoch,
+        "total_steps": data.total_steps,
+        "warmup_steps": data.warmup_steps,
+        "processes": data.world,
+        "mixed_precision": run.accelerator.mixed_precision,
+        "device": str(run.accelerator.device),
+        "checkpoint_every": run.checkpoint_every,
+        "version": __version__,
+        "command": command,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_gap: the pieces above in order
+
+
+def _gather(accelerator: Any, obj: Any) -> list[Any]:
     if accelerator.num_processes == 1:
-        return lambda obj: [obj]
+        return [obj]
     from accelerate.utils import gather_object
 
-    return lambda obj: gather_object([obj])
+    return gather_object([obj])
 
 
 def train_gap(
-    stores: Sequence[Path],
+    stores: Sequence[Any],
     out_dir: Path,
     settings: TrainSettings,
     data: DataConfig,
@@ -574,288 +828,64 @@ def train_gap(
     progress: ProgressCallback | None = None,
     phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a GAP network on the maps of ``stores``; returns the ``training.json`` record.
+    """Train a GAP network on the maps of ``stores`` (paths or URLs); returns the ``training.json`` record.
 
     A rerun of a finished run returns its record without training; a rerun of an interrupted one resumes from
     its newest checkpoint. A run with other stores, data or settings in ``out_dir`` is refused unless
     ``overwrite``. Under ``accelerate launch`` every process calls this; only rank 0 writes.
     """
-    import torch
-
-    from fast3d_cli.gap.inputs import build_batch
-    from fast3d_cli.gap.modeling import kl_distribution_loss
-
     if checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0 (0: only at epoch ends)")
     started = time.time()
     out = Path(out_dir)
     accelerator = _make_accelerator(settings, device)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    main = accelerator.is_main_process
+    say = phase if phase is not None and main else (lambda message: None)
 
-    # --- targets, data, network -------------------------------------------------------------------------
-    tasks_hint = list(settings.tasks) if settings.tasks else None
-    optional = () if settings.evaluate_val is False else ("val",)
-    required = ("train", "val") if settings.select_on == "val" or settings.evaluate_val else ("train",)
-    if phase is not None and main:
-        phase(f"reading the attention maps of {', '.join(str(s) for s in stores)}")
-    tset = load_targets(stores, data, tasks_hint, required, optional, settings.target, settings.limit)
-    use_val = settings.evaluate_val is not False and all(tset.has(t, "val") for t in tset.tasks)
-    banks = {"train": SceneBank(data, "train"), "val": SceneBank(data, "val")}
+    say(f"reading the attention maps of {', '.join(str(s) for s in stores)}")
+    training = load_training_data(stores, data, settings, accelerator.num_processes)
+    feature_dims = training.banks["train"].feature_dims
     network = resolve_network(
-        tset, banks["train"].feature_dims, gap_overrides or {}, text_encoder, tokenizer_dir
+        training.targets, feature_dims, gap_overrides or {}, text_encoder, tokenizer_dir
     )
-    config, tokenizer = network.config, network.tokenizer
-    train, holdout = _split_train(tset, settings)
-    eval_sets: dict[str, Split] = {}
-    if holdout is not None:
-        eval_sets["holdout"] = holdout
-    if use_val:
-        eval_sets["val"] = _val_split(tset)
-    global_batch = settings.batch_size * world
-    steps_per_epoch = len(train) // global_batch
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"{len(train)} training samples are fewer than one global batch ({settings.batch_size} x {world} "
-            "processes); lower --batch-size"
-        )
-    total_steps = steps_per_epoch * settings.epochs
-    warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
-    pretrained = text_encoder is not None
-    text_lr = settings.resolved_text_lr(pretrained)
-
-    identity = json.loads(
-        json.dumps(
-            {
-                "targets": tset.targets_fingerprint(),
-                "model": tset.model,
-                "data": tset.data,
-                "tasks": list(tset.tasks),
-                "settings": settings.identity(),
-                "gap_config": config.to_dict(),
-                "text_encoder": _dir_fingerprint(text_encoder) if text_encoder else None,
-                "tokenizer": network.tokenizer_source.get("fingerprint"),
-                "processes": world,  # the global batch and each rank's dropout stream depend on it
-            },
-            default=str,
-        )
-    )
-
-    # --- output directory -------------------------------------------------------------------------------
+    identity = run_identity(training, settings, network, text_encoder)
     found = _prepare_out_dir(out, identity, overwrite)
-    if found is not None and found.get("complete"):
-        accelerator.wait_for_everyone()
-        return {**found, "trained_steps": 0}
     accelerator.wait_for_everyone()
+    if found is not None and found.get("complete"):
+        return {**found, "trained_steps": 0}
     if main:
-        if found is not None and found.get("overwrite"):
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.glob("*.partial"), *(out / CHECKPOINT_DIR).glob("*.partial")]:
-            stale.unlink(missing_ok=True)
+        _reset_out_dir(out, found)
     accelerator.wait_for_everyone()
 
-    record: dict[str, Any] = {
-        "complete": False,
-        "identity": identity,
-        "stores": tset.provenance(),
-        "model": tset.model,
-        "data": tset.data,
-        "n_objects": tset.n_objects,
-        "tasks": list(tset.tasks),
-        "target": settings.target,
-        "settings": asdict(settings),
-        "text_lr": text_lr,
-        "text_encoder": {
-            "init": "pretrained" if pretrained else "scratch",
-            "path": str(Path(text_encoder).resolve()) if text_encoder else None,
-            **network.tokenizer_source,
-        },
-        "gap_config": config.to_dict(),
-        "samples": {
-            "train": len(train),
-            **{name: len(s) for name, s in eval_sets.items()},
-        },
-        "selection": {"set": settings.select_on, "metric": settings.select_metric},
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup_steps,
-        "processes": world,
-        "mixed_precision": accelerator.mixed_precision,
-        "device": str(accelerator.device),
-        "checkpoint_every": checkpoint_every,
-        "version": __version__,
-        "command": command,
-    }
+    say(f"building the GAP network ({len(training.train)} training samples, {training.total_steps} steps)")
+    text_lr = settings.resolved_text_lr(text_encoder is not None)
+    parts = build_training_model(network, settings, text_lr, training, accelerator)
+    run = TrainingRun(
+        accelerator, settings, training, network, parts, out, identity, checkpoint_every, progress
+    )
+    record = training_record(run, text_encoder, text_lr, command)
     if main:
         _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
-
-    # --- model, optimizer, schedule, state ---------------------------------------------------------------
-    if phase is not None and main:
-        phase(f"building the GAP network ({len(train)} training samples, {total_steps} steps)")
-    torch.manual_seed(settings.seed)
-    model = network.build()
-    pooler = getattr(model.text_encoder, "pooler", None)
-    if pooler is not None:  # unused, as official (they pass find_unused_parameters=True instead)
-        pooler.requires_grad_(False)
-    model.to(accelerator.device)
-    fused = accelerator.device.type == "cuda"
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, settings.lr, text_lr, settings.weight_decay),
-        betas=(0.9, 0.999),
-        fused=fused or None,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, warmup_steps, total_steps, settings.min_lr_multi)
-    )
-    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "metrics_lines": 0, "loss": [0.0, 0]}
-    checkpoint = load_training_checkpoint(out)
-    resumed_from = None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"], strict=True)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state.update({k: checkpoint[k] for k in ("step", "epoch", "batch", "best", "metrics_lines")})
-        mine = checkpoint["ranks"][rank]  # same process count: part of the identity
-        _set_rng_state(mine["rng"])
-        state["loss"] = list(mine["loss"])
-        resumed_from = state["step"]
-        if main:
-            _truncate_lines(out / METRICS_NAME, state["metrics_lines"])
-    else:
-        torch.manual_seed(_hash_int("dropout", settings.seed, rank))
-        if main:
-            (out / METRICS_NAME).unlink(missing_ok=True)
-    model = accelerator.prepare(model)  # DDP when launched with several processes (the optimizer stays ours)
-    raw = accelerator.unwrap_model(model)
-    gather = _gather(accelerator)
-
-    def report(phase: str, loss: float | None = None) -> None:
-        if progress is not None and main:
-            epoch = min(state["epoch"] + 1, settings.epochs) if phase != "done" else settings.epochs
-            lr = optimizer.param_groups[-1]["lr"]
-            progress(TrainProgress(phase, state["step"], total_steps, epoch, settings.epochs, loss, lr))
-
-    def run_evaluations() -> dict[str, Any]:
-        report("evaluate")
-        return {
-            name: evaluate(
-                raw,
-                split,
-                banks[split.split],
-                tokenizer,
-                config,
-                settings.eval_batch_size,
-                accelerator.device,
-                accelerator.autocast,
-                rank,
-                world,
-                gather,
-            )
-            for name, split in eval_sets.items()
-        }
-
-    def log(line: dict[str, Any]) -> None:
-        state["metrics_lines"] += 1
-        if main:
-            with naming_os_errors(out / METRICS_NAME), open(out / METRICS_NAME, "a") as handle:
-                handle.write(json.dumps(line) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-
-    def checkpoint_now() -> None:
-        parts = gather({"rng": _rng_state(), "loss": list(state["loss"])})
-        if main:
-            _save_checkpoint(
-                out,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "identity": identity,
-                    **{k: state[k] for k in ("step", "epoch", "batch", "best", "metrics_lines")},
-                    "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "ranks": parts,
-                    "world": world,
-                },
-            )
-
-    if checkpoint is None:
-        log({"epoch": 0, "step": 0, **run_evaluations()})
+    resumed_from = resume_or_start(run)
 
     trained = 0
-    model.train()
-    for epoch in range(state["epoch"], settings.epochs):
-        order = epoch_order(len(train), settings.seed, epoch)
-        for b in range(state["batch"], steps_per_epoch):
-            ids = order[b * global_batch : (b + 1) * global_batch][
-                rank * settings.batch_size : (rank + 1) * settings.batch_size
-            ]
-            batch = build_batch([train.samples[i] for i in ids], banks["train"], tokenizer, config)
-            batch = batch.to(accelerator.device)
-            with accelerator.autocast():
-                logits = model(**batch.model_inputs())
-            loss = kl_distribution_loss(logits, train.targets[ids].to(accelerator.device))
-            accelerator.backward(loss)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"the training loss became {value} at step {state['step'] + 1}; lower --lr")
-            state["loss"][0] += value
-            state["loss"][1] += 1
-            state["step"] += 1
-            state["batch"] = b + 1
-            trained += 1
-            report("train", value)
-            if checkpoint_every and state["step"] % checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                checkpoint_now()
-        # end of epoch: evaluate, select, log, checkpoint
-        results = run_evaluations()
-        losses = gather(list(state["loss"]))
-        train_loss = sum(p[0] for p in losses) / max(1, sum(p[1] for p in losses))
-        chosen = results[settings.select_on]["all"][settings.select_metric]
-        best = state["best"]
-        larger = SELECT_METRICS[settings.select_metric]
-        improved = best is None or (chosen > best["value"] if larger else chosen < best["value"])
-        if improved:
-            state["best"] = {"epoch": epoch + 1, "step": state["step"], "value": chosen}
-            if main:
-                from fast3d_cli.gap.io import save_gap
-
-                save_gap(raw, tokenizer, out)
-        log(
-            {
-                "epoch": epoch + 1,
-                "step": state["step"],
-                "train_loss": train_loss,
-                "lr": optimizer.param_groups[-1]["lr"],
-                **results,
-                "selection": {
-                    "set": settings.select_on,
-                    "metric": settings.select_metric,
-                    "value": chosen,
-                    "best": improved,
-                },
-            }
-        )
-        state.update({"epoch": epoch + 1, "batch": 0, "loss": [0.0, 0]})
-        checkpoint_now()
+    for epoch in range(run.state.epoch, settings.epochs):
+        trained += train_epoch(run, epoch)
+        finish_epoch(run, epoch)
     accelerator.wait_for_everyone()
 
-    best_line = _best_line(out / METRICS_NAME, state["best"]) if main else None
+    best = run.state.best
     record.update(
         {
             "complete": True,
-            "best": {**(state["best"] or {}), "metric": settings.select_metric, "set": settings.select_on},
-            "best_metrics": best_line,
+            "best": {**(best or {}), "metric": settings.select_metric, "set": settings.select_on},
+            "best_metrics": _best_line(out / METRICS_NAME, best) if main else None,
             "seconds": round(time.time() - started, 1),
         }
     )
     if main:
         _atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2, default=str) + "\n")
-    report("done")
+    run.report("done")
     accelerator.wait_for_everyone()
     return {**record, "trained_steps": trained, "resumed_from_step": resumed_from}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,7 +236,7 @@ def _bisect(f: Callable[[float], float], lo: float, hi: float, f_lo: float, f_hi
 def _open(store_or_path: Any, read_only: bool = True):
     from fast3d_cli.stores import KINDS, MapStore, open_store
 
-    store = store_or_path if isinstance(store_or_path, MapStore) else open_store(Path(store_or_path))
+    store = store_or_path if isinstance(store_or_path, MapStore) else open_store(store_or_path)
     if not read_only:
         store = open_store(store.path, read_only=False)
     if store.kind not in KINDS:

@@ -19,10 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fast3d_cli.errors import UserError
 from fast3d_cli.pruning.budgets import check_alpha, check_layer, check_ratio, keep_for_ratio
+
+if TYPE_CHECKING:
+    from fast3d_cli.stores.location import StoreLocation
 
 GRANULARITIES = {"object": 3, "token": 1}
 
@@ -69,7 +72,7 @@ class PruningSettings:
     alpha: float | str | None = None
     granularity: str = "object"
     seed: int = 0
-    maps: Path | None = None
+    maps: StoreLocation | Path | None = None  # a path or a parsed path or URL
     gap: Path | None = None
     fixed_count: bool = False
     skip_padding: bool = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,7 +134,7 @@ class Pruner:
                 entry["maps_rows"] = self.maps.rows_fingerprint(task, entry["split"], rows)
         for entry in tasks.values():
             entry.pop("split")
-        maps = None if self.maps is None else str(Path(self.maps.store.path).resolve())
+        maps = None if self.maps is None else self.maps.store.path.resolved()
         return {"maps": maps, "gap": self.gap_fingerprint, "tasks": tasks}
 
     def check_samples(self, samples: Sequence[Sample]) -> None:

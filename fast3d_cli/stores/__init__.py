@@ -1,7 +1,8 @@
 """Chunked zarr stores of attention maps: the artifact every stage reads and writes."""
 
 from fast3d_cli.stores.chunks import fill_missing_chunks
-from fast3d_cli.stores.lock import clear_directory, writer_lock
+from fast3d_cli.stores.location import StoreLocation
+from fast3d_cli.stores.lock import writer_lock
 from fast3d_cli.stores.store import (
     KINDS,
     SCHEMA_VERSION,
@@ -18,7 +19,7 @@ __all__ = [
     "MapGroup",
     "MapStore",
     "StoreError",
-    "clear_directory",
+    "StoreLocation",
     "create_store",
     "fill_missing_chunks",
     "open_store",

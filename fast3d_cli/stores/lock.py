@@ -4,6 +4,9 @@ Two ``extract`` (or ``predict``) commands started together on one new store both
 second to create it failed with "already exists". The store directory is created atomically (``mkdir``)
 and ``flock``-ed by the writer for the whole stage; another writer is refused while it runs, saying so.
 Readers do not lock. Under ``accelerate launch`` only the coordinating process (rank 0) takes the lock.
+
+Object stores (``s3://``, ``gs://`` ...) have no such lock: two writers of one store URL are not detected
+there (the README says what this means).
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from fast3d_cli.stores.store import StoreError
+from fast3d_cli.stores.location import StoreError, StoreLocation
 
 
 @contextlib.contextmanager
-def writer_lock(path: Path) -> Iterator[None]:
-    """Hold the exclusive writer lock of the store at ``path`` (its directory is created if missing; an
-    empty directory this call created is removed again when the stage fails before writing anything)."""
-    path = Path(path)
+def writer_lock(location: StoreLocation | Path | str) -> Iterator[None]:
+    """Hold the exclusive writer lock of the local store at ``location`` (its directory is created if
+    missing; an empty directory this call created is removed again when the stage fails before writing
+    anything). A URL store is not locked."""
+    location = StoreLocation.parse(location)
+    if location.local is None:
+        yield
+        return
+    path = location.local
     path.parent.mkdir(parents=True, exist_ok=True)
     created = False
     with contextlib.suppress(FileExistsError):
@@ -47,14 +55,3 @@ def writer_lock(path: Path) -> Iterator[None]:
             raise
     finally:
         os.close(fd)
-
-
-def clear_directory(path: Path) -> None:
-    """Delete what ``path`` holds but keep the directory itself (and so the writer lock on it)."""
-    import shutil
-
-    for child in Path(path).iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()

@@ -12,14 +12,17 @@ Layout::
         layer_scores   float16 [n, n_layers, n_objects] fill NaN (optional, --keep-layers)
 
 Arrays are chunked along samples. A writer fills whole chunks: the score arrays first, ``sample_index`` last,
-each chunk file written atomically and fsync'ed, so a chunk is complete exactly when its ``sample_index`` rows
-are all >= 0 and every array has its chunk file (deleting a damaged chunk file makes the stage recompute
-that chunk). Every chunk file ends in a CRC32C checksum, so a corrupt or truncated chunk is an error naming
-the file (:class:`StoreError`), never silently wrong numbers. Attributes are written only by the coordinating
-process.
+each chunk file written atomically (fsync'ed on a local store; a whole-object put on an object store), so a
+chunk is complete exactly when its ``sample_index`` rows are all >= 0 and every array has its chunk file
+(deleting a damaged chunk file makes the stage recompute that chunk). Every chunk file ends in a CRC32C
+checksum, so a corrupt or truncated chunk is an error naming the file (:class:`StoreError`), never silently
+wrong numbers. Attributes are written only by the coordinating process.
 
 Reading a damaged or foreign store raises :class:`StoreError` and nothing else: garbled metadata, root or
 group attributes of the wrong type, arrays of the wrong shape, dtype or chunking, undecodable chunks.
+
+A store is at a :class:`~fast3d_cli.stores.location.StoreLocation` (a local path, a ``file://`` URL or an
+fsspec URL) and every access goes through zarr's store layer, so all of the above holds on every backend.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from fast3d_cli.errors import UserError, article
+from fast3d_cli.errors import article
+from fast3d_cli.stores.location import StoreError, StoreLocation, _reason
 
 SCHEMA_VERSION = 1
 KINDS = ("attention", "prediction")
@@ -43,24 +47,11 @@ KNOWN_ARRAYS = ("sample_index", *SCORE_ARRAYS, *OPTIONAL_ARRAYS)
 _WRITE_CONFIG = {"write_empty_chunks": True}
 
 
-class StoreError(UserError):
-    """A store that cannot be used as asked (wrong kind, other model, corrupt, missing group...)."""
-
-
 def _compressors() -> tuple[Any, ...]:
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     # the checksum makes a corrupt or truncated chunk file an error (Blosc alone may decode it to garbage)
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()
-
-
-def _reason(err: BaseException) -> str:
-    """A short one-line description of ``err`` for an error message."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    text = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _zarr_call(what: str, call: Callable[[], Any]) -> Any:
@@ -73,26 +64,26 @@ def _zarr_call(what: str, call: Callable[[], Any]) -> Any:
         raise StoreError(f"{what}: unreadable or invalid zarr metadata ({_reason(err)})") from None
 
 
-def _children(directory: Path, node_type: str) -> list[str]:
-    """Names of the zarr v3 child nodes of ``directory`` of ``node_type`` ("group" or "array"), sorted.
+def _children(store: MapStore, prefix: str, node_type: str) -> list[str]:
+    """Names of the zarr v3 child nodes under ``prefix`` of ``node_type`` ("group" or "array"), sorted.
 
-    Read from the directory (zarr lists members concurrently, and a member with garbled metadata then leaves
-    asyncio "exception was never retrieved" tracebacks on stderr). A child whose ``zarr.json`` cannot be read
-    is a :class:`StoreError`.
+    Read from the store's listing and each child's ``zarr.json`` (zarr lists members concurrently, and a
+    member with garbled metadata then leaves asyncio "exception was never retrieved" tracebacks on stderr).
+    A child whose ``zarr.json`` cannot be read is a :class:`StoreError`.
     """
     import json
 
     names = []
-    for child in sorted(directory.iterdir()) if directory.is_dir() else ():
-        meta = child / "zarr.json"
-        if not (child.is_dir() and meta.exists()):
-            continue
+    for child in sorted(store.list_dir(prefix)):
+        key = f"{prefix}/{child}/zarr.json" if prefix else f"{child}/zarr.json"
         try:
-            found = json.loads(meta.read_text()).get("node_type")
+            raw = store.read_key(key)
+            found = None if raw is None else json.loads(raw).get("node_type")
         except (OSError, ValueError, AttributeError) as err:
-            raise StoreError(f"{meta}: unreadable or invalid zarr metadata ({_reason(err)})") from None
+            where = store.path.describe(key)
+            raise StoreError(f"{where}: unreadable or invalid zarr metadata ({_reason(err)})") from None
         if found == node_type:
-            names.append(child.name)
+            names.append(child)
     return names
 
 
@@ -137,10 +128,14 @@ class StoreArray:
                 raise
             raise damaged from None
 
-    def chunk_file(self, chunk: int) -> Path:
-        """The file of sample chunk ``chunk`` of this array."""
+    def chunk_key(self, chunk: int) -> str:
+        """The store key (path inside the store) of sample chunk ``chunk`` of this array."""
         key = self._array.metadata.encode_chunk_key((chunk,) + (0,) * (self._array.ndim - 1))
-        return Path(self._group.store.path) / self._group.path / self._name / key
+        return f"{self._group.path}/{self._name}/{key}"
+
+    def chunk_file(self, chunk: int) -> str:
+        """Where sample chunk ``chunk`` of this array is, for a message: a file path or a URL."""
+        return self._group.store.path.describe(self.chunk_key(chunk))
 
     def _damaged_chunk(self) -> StoreError | None:
         """The error naming the first chunk that does not read (None: every chunk reads, the failure was
@@ -205,8 +200,10 @@ class MapGroup:
 
         mode = "r+" if writable and not self.store.read_only else "r"
         try:
-            array = zarr.open_array(
-                self.store.path, path=f"{self.path}/{name}", mode=mode, config=_WRITE_CONFIG
+            array = self.store.path.access(
+                lambda: zarr.open_array(
+                    self.store.zarr_store, path=f"{self.path}/{name}", mode=mode, config=_WRITE_CONFIG
+                )
             )
         except Exception as err:  # zarr raises several types for a missing or unreadable array
             raise StoreError(f"{self.store.path}: cannot open {self.path}/{name}: {_reason(err)}") from None
@@ -241,7 +238,7 @@ class MapGroup:
             raise StoreError(f"{where} has chunks {tuple(array.chunks)}, expected {chunks}")
 
     def array_names(self) -> list[str]:
-        return _children(Path(self.store.path) / self.path, "array")
+        return _children(self.store, self.path, "array")
 
     def has_array(self, name: str) -> bool:
         return name in self.array_names()
@@ -254,10 +251,11 @@ class MapGroup:
         """Chunks whose ``sample_index`` rows are all written and whose chunk files all exist."""
         index = self.array("sample_index")[:]
         arrays = [self.array(n) for n in self.array_names() if n in KNOWN_ARRAYS]
+        written = set(self.store.path.list_keys(self.path))  # one listing, not a request per chunk
         done = set()
         for chunk in range(self.n_chunks):
             start, stop = self.chunk_bounds(chunk)
-            if (index[start:stop] >= 0).all() and all(a.chunk_file(chunk).is_file() for a in arrays):
+            if (index[start:stop] >= 0).all() and all(a.chunk_key(chunk) in written for a in arrays):
                 done.add(chunk)
         return done
 
@@ -280,9 +278,10 @@ class MapGroup:
         self._sync_chunk(marker, chunk)
 
     def _sync_chunk(self, array: StoreArray, chunk: int) -> None:
-        path = array.chunk_file(chunk)
-        if path.is_file():
-            _fsync_file(path)
+        """fsync a local chunk file (an object store's put is durable once it returns)."""
+        local = self.store.path.local
+        if local is not None and (local / array.chunk_key(chunk)).is_file():
+            _fsync_file(local / array.chunk_key(chunk))
 
     def read(self, name: str = "object_scores") -> np.ndarray:
         return self.array(name)[:]
@@ -332,13 +331,26 @@ class MapGroup:
 class MapStore:
     """An opened store: root attributes, groups, completeness."""
 
-    def __init__(self, path: Path, read_only: bool) -> None:
+    def __init__(self, path: StoreLocation | Path | str, read_only: bool) -> None:
         import zarr
 
-        self.path = Path(path)
+        self.path = StoreLocation.parse(path)
         self.read_only = read_only
+        self.zarr_store = self.path.zarr_store(read_only)
         mode = "r" if read_only else "r+"
-        self.root = _zarr_call(str(self.path), lambda: zarr.open_group(self.path, mode=mode))
+        self.root = _zarr_call(str(self.path), lambda: zarr.open_group(self.zarr_store, mode=mode))
+
+    def list_dir(self, prefix: str) -> list[str]:
+        """The names directly under ``prefix`` (zarr's ``list_dir``: keys and sub-prefixes)."""
+
+        async def collect(store: Any) -> list[str]:
+            return [name async for name in store.list_dir(prefix)]
+
+        return self.path.run(self.zarr_store, collect)
+
+    def read_key(self, key: str) -> bytes | None:
+        """The bytes stored at ``key`` (None when there is none)."""
+        return _read_key(self.path, self.zarr_store, key)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -358,8 +370,8 @@ class MapStore:
     def groups(self) -> list[MapGroup]:
         return [
             MapGroup(self, task, split)
-            for task in _children(self.path, "group")
-            for split in _children(self.path / task, "group")
+            for task in _children(self, "", "group")
+            for split in _children(self, task, "group")
         ]
 
     def has_group(self, task: str, split: str) -> bool:
@@ -418,23 +430,37 @@ class MapStore:
         return {"path": str(self.path), **self.attrs, "groups": groups, "checksums_verified": verify}
 
 
-def _is_store(path: Path) -> bool:
+def _read_key(location: StoreLocation, store: Any, key: str) -> bytes | None:
+    from zarr.core.buffer import default_buffer_prototype
+
+    value = location.run(store, lambda st: st.get(key, prototype=default_buffer_prototype()))
+    return None if value is None else value.to_bytes()
+
+
+def _is_store(location: StoreLocation) -> bool:
     import json
 
-    meta = path / "zarr.json"
-    if not meta.is_file():
+    if location.local is not None:  # no zarr store object for a directory that may not exist
+        meta = location.local / "zarr.json"
+        try:
+            raw = meta.read_bytes() if meta.is_file() else None
+        except OSError:
+            return False
+    else:
+        raw = _read_key(location, location.zarr_store(read_only=True), "zarr.json")
+    if raw is None:
         return False
     try:
-        metadata = json.loads(meta.read_text())
-    except (OSError, ValueError):
+        metadata = json.loads(raw)
+    except ValueError:
         return False
     attributes = metadata.get("attributes") if isinstance(metadata, dict) else None
     return isinstance(attributes, dict) and ATTR_KEY in attributes
 
 
-def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> MapStore:
-    """Open an existing store, checking that it is one (and of ``kind`` if given)."""
-    path = Path(path)
+def open_store(path: StoreLocation | Path | str, kind: str | None = None, read_only: bool = True) -> MapStore:
+    """Open an existing store (a path or URL), checking that it is one (and of ``kind`` if given)."""
+    path = StoreLocation.parse(path)
     if not path.exists():
         raise StoreError(f"store not found: {path}")
     if not _is_store(path):
@@ -458,20 +484,20 @@ def open_store(path: Path, kind: str | None = None, read_only: bool = True) -> M
     return store
 
 
-def create_store(path: Path, attrs: Mapping[str, Any]) -> MapStore:
+def create_store(path: StoreLocation | Path | str, attrs: Mapping[str, Any]) -> MapStore:
     """Coordinator only: create a new, empty store. Refuses an existing path (an empty directory is fine:
     the writer lock creates it)."""
     import zarr
 
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+    path = StoreLocation.parse(path)
+    if not path.is_empty_or_absent():
         raise StoreError(f"{path} already exists")
     if attrs.get("kind") not in KINDS:
         raise ValueError(f"store kind must be one of {KINDS}")
-    root = zarr.open_group(path, mode="w-")
+    root = path.access(lambda: zarr.open_group(path.zarr_store(read_only=False), mode="w-"))
     root.attrs[ATTR_KEY] = {"schema_version": SCHEMA_VERSION, **attrs}
     return MapStore(path, read_only=False)
 
 
-def is_store(path: Path) -> bool:
-    return _is_store(Path(path))
+def is_store(path: StoreLocation | Path | str) -> bool:
+    return _is_store(StoreLocation.parse(path))
