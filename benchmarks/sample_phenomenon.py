@@ -75,6 +75,7 @@ def main() -> None:
     from fast3d_cli.cli.common import default_model_dir
     from fast3d_cli.data.config import DataConfig
     from fast3d_cli.evaluation import EvalSettings, run_pruned_eval
+    from fast3d_cli.evaluation.paper_table import row_slug
     from fast3d_cli.models.loading import ModelSource
     from fast3d_cli.pruning.methods import PruningSettings
 
@@ -89,14 +90,15 @@ def main() -> None:
 
     base = EvalSettings(tasks=TASKS, batch_size=args.batch_size, limit=args.limit)
     dense_dir = args.run_dir / "eval" / "dense"
-    rows = {
-        "oracle_90": {"method": "oracle", "layer": 0, "keep": 10, "maps": maps},
-        "random_90": {"method": "random", "layer": 0, "keep": 10},
+    rows = {  # the same rows (and folders) as benchmarks/sample_pruning.py's, so a shared run_dir reuses them
+        "oracle_90": {"method": "oracle", "ratio": 90.0, "maps": maps},
+        "random_90": {"method": "random", "ratio": 90.0},
     }
     results: dict[str, Any] = {}
     for name, options in rows.items():
         pruned = replace(base, pruning=PruningSettings(**options))
-        result = run_pruned_eval(model, fingerprint, data, pruned, args.run_dir / "eval" / name, dense_dir)
+        out = args.run_dir / "eval" / row_slug(options)
+        result = run_pruned_eval(model, fingerprint, data, pruned, out, dense_dir)
         results[name] = {"headline": result["headline"], "score_ratio": score_ratio(result),
                          "mean_kept_objects": result["pruning"]["mean_kept_tokens"] / 3}  # fmt: skip
         print(f"{name}: score ratio {results[name]['score_ratio'].get('value')}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The paper-style pruning table on the sample world (issue 5): every method against the dense sample model.
 
-    fast3d extract --tasks all --split train,val -o runs/sample/maps.zarr
+    fast3d extract --tasks all --split train --limit 1000 -o runs/sample/maps.zarr
+    fast3d extract --tasks all --split val -o runs/sample/maps_val.zarr
     fast3d train-gap runs/sample/maps.zarr -o runs/sample/gap
     fast3d predict runs/sample/gap --split val -o runs/sample/pred.zarr
     fast3d search-alpha runs/sample/pred.zarr --target 90
@@ -28,52 +29,20 @@ from common import environment, write_result
 TASKS = ("scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d")
 
 
-def rows(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    pred, maps = run_dir / "pred.zarr", run_dir / "maps.zarr"
-    padding_rows = skip_padding_rows(pred, maps)
-    return [
-        ("dense", {"method": "none"}),
-        ("FastV 35% (K=2, 30 obj)", {"method": "fastv", "layer": 2, "ratio": 35.0}),
-        ("FastV 65% (K=1, 13 obj)", {"method": "fastv", "layer": 1, "ratio": 65.0}),
-        ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
-        ("GAP 35% (K=2, 30 obj)", {"method": "gap", "layer": 2, "ratio": 35.0, "maps": pred}),
-        ("GAP 65% (K=1, 13 obj)", {"method": "gap", "layer": 1, "ratio": 65.0, "maps": pred}),
-        ("GAP '90%' (K=1, 10 obj)", {"method": "gap", "layer": 1, "keep": 10, "maps": pred}),
-        ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "ratio": 90.0, "maps": pred}),
-        ("GAP+SAP ~90% (K=0, alpha auto)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
-        ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
-        ("DivPrune 90% (K=0, 10 obj)", {"method": "divprune", "ratio": 90.0}),
-        ("Oracle 90% (K=0, 10 obj)", {"method": "oracle", "ratio": 90.0, "maps": maps}),
-        *[(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in padding_rows],
-    ]
+def rows(run_dir: Path, n_layers: int) -> list[tuple[str, dict[str, Any]]]:
+    """The paper's rows (fast3d_cli.evaluation.paper_table), then the 90% rows with --skip-padding."""
+    from fast3d_cli.evaluation.paper_table import paper_rows
 
-
-def skip_padding_rows(pred: Path, maps: Path) -> list[tuple[str, dict[str, Any]]]:
-    """The 90% rows again with padding objects (zero features) never kept (``--skip-padding``)."""
-    return [
-        ("FastV '90%' (K=1, 10 obj)", {"method": "fastv", "layer": 1, "keep": 10}),
-        ("GAP '90%' (K=1, 10 obj)", {"method": "gap", "layer": 1, "keep": 10, "maps": pred}),
-        ("Random '90%' (K=1, 10 obj)", {"method": "random", "layer": 1, "keep": 10}),
-        ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "ratio": 90.0, "maps": pred}),
-        ("GAP+SAP ~90% (K=0, alpha auto)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
-        ("Random 90% (K=0, 10 obj)", {"method": "random", "ratio": 90.0}),
-        ("DivPrune 90% (K=0, 10 obj)", {"method": "divprune", "ratio": 90.0}),
-        ("Oracle 90% (K=0, 10 obj)", {"method": "oracle", "ratio": 90.0, "maps": maps}),
-    ]
-
-
-def slug(options: dict[str, Any]) -> str:
-    """A folder name for one row, from its method and budget."""
-    parts = [options["method"], f"k{options.get('layer', 0)}"]
-    parts += [f"{key}{options[key]}" for key in ("keep", "ratio", "alpha") if key in options]
-    parts += ["skip-padding"] if options.get("skip_padding") else []
-    return "-".join(str(p) for p in parts)
+    table = paper_rows(n_layers, run_dir / "pred.zarr", run_dir / "maps_val.zarr")
+    padded = [(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in table
+              if "90" in label and options["method"] != "none"]  # fmt: skip
+    return table + padded
 
 
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("run_dir", type=Path, help="folder with maps.zarr and pred.zarr (alpha searched)")
+    parser.add_argument("run_dir", type=Path, help="folder with maps_val.zarr and pred.zarr (alpha searched)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default="sample_pruning")
@@ -92,16 +61,25 @@ def main() -> None:
     data = DataConfig()
     base = EvalSettings(tasks=TASKS, batch_size=args.batch_size)
     table = []
-    for label, options in rows(args.run_dir):
-        out = args.run_dir / "eval" / ("dense" if options["method"] == "none" else slug(options))
+    from fast3d_cli.evaluation.paper_table import row_slug
+
+    for label, options in rows(args.run_dir, model.llm.config.num_hidden_layers):
+        out = args.run_dir / "eval" / row_slug(options)
         settings = replace(base, pruning=PruningSettings(**options))
         result = run_pruned_eval(model, fingerprint, data, settings, out, args.run_dir / "eval" / "dense")
         table.append(table_row(label, options, result))
         ratio = result.get("score_ratio") or {}
         shown = format_score_ratio(table[-1]["score_ratio"], ratio.get("reason"), ratio.get("ci95"))
         print(f"{label}: score ratio {shown}", file=sys.stderr)
-    path = write_result(args.name, {"benchmark": "sample_pruning", "environment": environment(args.device),
-                                    "tasks": TASKS, "rows": table})
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "sample_pruning",
+            "environment": environment(args.device),
+            "tasks": TASKS,
+            "rows": table,
+        },
+    )
     print(markdown(table))
     print(path, file=sys.stderr)
 

@@ -1,8 +1,9 @@
 """``fast3d demo``: the whole chain on the embedded sample world, in a few minutes on a CPU.
 
-extract (a train subset) -> train-gap -> predict (val) -> search-alpha (90%) -> eval for dense, FastV,
-GAP and GAP+SAP, then the paper-style table. Every step is the library call the CLI stage makes, so each
-output is a normal artifact (store, GAP directory, evaluation directory) that the other commands accept.
+extract (a train subset, and val for the oracle) -> train-gap -> predict (val) -> search-alpha (90%) -> eval
+of every row of the paper's table (:mod:`fast3d_cli.evaluation.paper_table`), then the table. Every step is
+the library call the CLI stage makes, so each output is a normal artifact (store, GAP directory, evaluation
+directory) that the other commands accept.
 Rerunning resumes: finished stages are reused.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
+from fast3d_cli.evaluation.paper_table import paper_rows, row_slug
 from fast3d_cli.metrics.ratio import format_score_ratio
 
 Log = Callable[[str], None]
@@ -33,22 +35,6 @@ class DemoSettings:
     @property
     def tasks(self) -> tuple[str, ...]:
         return tuple(TASKS)
-
-
-def demo_rows(pred: Path, n_layers: int) -> list[tuple[str, dict[str, Any]]]:
-    """The compared methods, each keeping 10 of the 100 objects. The paper prunes FastV at layer 2 of 32;
-    a shallower model gets K scaled to its depth, at least 1 (FastV needs a layer's attention)."""
-    fastv_layer = max(1, round(2 * n_layers / 32))
-    return [
-        ("dense", {"method": "none"}),
-        (f"FastV (K={fastv_layer}, 10 obj)", {"method": "fastv", "layer": fastv_layer, "keep": 10}),
-        ("GAP 90% (K=0, 10 obj)", {"method": "gap", "layer": 0, "keep": 10, "maps": pred}),
-        ("GAP+SAP ~90% (K=0)", {"method": "gap+sap", "alpha": "auto", "maps": pred}),
-        (
-            "GAP+SAP ~90% (K=0, skip padding)",
-            {"method": "gap+sap", "alpha": "auto", "maps": pred, "skip_padding": True},
-        ),
-    ]
 
 
 def run_demo(
@@ -75,37 +61,36 @@ def run_demo(
     source = ModelSource(model_dir=default_model_dir())
     log(f"loading the sample model ({source.describe()})")
     model, fingerprint = source.load(device=device), source.fingerprint()
-    maps, gap, pred = out / "maps.zarr", out / "gap", out / "pred.zarr"
+    maps, val_maps, gap, pred = out / "maps.zarr", out / "maps_val.zarr", out / "gap", out / "pred.zarr"
 
-    log("1/5 extract: attention maps of the sample model (a train subset)")
-    extract_settings = ExtractSettings(tasks=settings.tasks, splits=("train",), limit=settings.train_limit)
-    extract(model, fingerprint, data, extract_settings, maps, command="fast3d demo", progress=progress)
+    log("1/5 extract: attention maps of the sample model (a train subset for the GAP, val for the oracle)")
+    stores = ((maps, "train", settings.train_limit), (val_maps, "val", settings.eval_limit))
+    for store, split, limit in stores:
+        extract_settings = ExtractSettings(tasks=settings.tasks, splits=(split,), limit=limit)
+        extract(model, fingerprint, data, extract_settings, store, command="fast3d demo", progress=progress)
     log("2/5 train-gap: the GAP network learns the maps")
-    train_gap([maps], gap, TrainSettings(epochs=settings.epochs), data, device=device, command="fast3d demo",
-              progress=train_progress, phase=log)  # fmt: skip
+    gap_settings = TrainSettings(epochs=settings.epochs, tasks=settings.tasks, init_from_target=True)
+    train_gap([maps], gap, gap_settings, data, device=device,
+              command="fast3d demo", progress=train_progress, phase=log)  # fmt: skip
     log("3/5 predict: GAP maps for val")
-    predict(gap, data, PredictSettings(tasks=settings.tasks), pred, device=device, command="fast3d demo",
-            progress=progress, phase=log)  # fmt: skip
+    predict(gap, data, PredictSettings(tasks=settings.tasks, limit=settings.eval_limit), pred, device=device,
+            command="fast3d demo", progress=progress, phase=log)  # fmt: skip
     log(f"4/5 search-alpha: SAP alpha for {settings.target_ratio:g}% pruning")
     alpha = search_alpha(pred, settings.target_ratio)
     log(f"    alpha {alpha.alpha:g}: {alpha.ratio:.2f}% pruned on average")
-    padded = search_alpha(pred, settings.target_ratio, skip_padding=data)
-    log(f"    with padding objects skipped: alpha {padded.alpha:g}: {padded.ratio:.2f}% pruned")
-    log("5/5 eval: dense, FastV, GAP, GAP+SAP (official, and with padding objects skipped)")
+    log("5/5 eval: the paper's table (dense, FastV, GAP, GAP+SAP, random, DivPrune, oracle)")
     base = EvalSettings(
         tasks=settings.tasks,
         batch_size=settings.batch_size,
         limit=settings.eval_limit,
         generation=GenerationConfig(num_beams=settings.num_beams, max_new_tokens=settings.max_new_tokens),
     )
-    rows, paths = [], {"maps": maps, "gap": gap, "pred": pred}
-    for label, options in demo_rows(pred, model.llm.config.num_hidden_layers):
-        run_dir = (
-            out / "eval" / (options["method"] + ("-skip-padding" if options.get("skip_padding") else ""))
-        )
+    rows, paths = [], {"maps": maps, "val maps": val_maps, "gap": gap, "pred": pred}
+    for label, options in paper_rows(model.llm.config.num_hidden_layers, pred, val_maps):
+        run_dir = out / "eval" / row_slug(options)
         result = run_pruned_eval(
             model, fingerprint, data, replace(base, pruning=PruningSettings(**options)), run_dir,
-            out / "eval" / "none", progress=progress, phase=log,
+            out / "eval" / "dense", progress=progress, phase=log,
         )  # fmt: skip
         paths[f"eval {run_dir.name}"] = run_dir
         rows.append(table_row(label, result))

@@ -43,5 +43,5 @@ def removed_on_error(tmp: Path) -> Iterator[None]:
 
 
 def article(word: str) -> str:
-    """"an" before a vowel sound, else "a" ("an 'attention' store", "a 'prediction' store")."""
+    """ "an" before a vowel sound, else "a" ("an 'attention' store", "a 'prediction' store")."""
     return "an" if str(word)[:1].lower() in "aeiou" else "a"

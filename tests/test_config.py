@@ -40,7 +40,7 @@ def test_config_show_names_the_source_of_each_setting(capsys, in_tmp) -> None:
 def test_file_defaults_apply_and_flags_win(capsys, in_tmp, model_dir, data_config) -> None:
     (in_tmp / "fast3d.toml").write_text(
         f'[data]\nroot = "{data_config.root}"\n[model]\nmodel = "{model_dir}"\n'
-        "[defaults.eval]\nnum-beams = 1\nmax-new-tokens = 2\nlimit = 2\ntasks = \"scanqa\"\n"
+        '[defaults.eval]\nnum-beams = 1\nmax-new-tokens = 2\nlimit = 2\ntasks = "scanqa"\n'
     )
     code, stdout, stderr = fast3d(capsys, "eval", "-o", "a", "--json")
     assert code == 0, stderr

@@ -321,3 +321,39 @@ def test_limit_trains_on_the_first_samples(capsys, gap_inputs, data_config, tmp_
     record = json.loads(stdout)
     assert record["samples"]["train"] + record["samples"]["holdout"] == 10
     assert record["samples"]["val"] == 10 and record["identity"]["settings"]["limit"] == 10
+
+
+def test_init_from_target_starts_from_the_target_model(capsys, gap_inputs, data_config, tmp_path) -> None:
+    from fast3d_cli.data import SceneBank
+    from fast3d_cli.gap.configuration import GAPConfig
+    from fast3d_cli.gap.modeling import GAPModel
+    from fast3d_cli.gap.sources import apply_overrides
+    from fast3d_cli.gap.target_init import init_from_target
+    from fast3d_cli.models.loading import ModelSource
+
+    out = tmp_path / "gap"
+    args = train_args(gap_inputs, data_config, out, "--epochs", "1", "--init-from-target")
+    code, _, stderr = fast3d(capsys, *args)
+    assert code == 0, stderr
+    record = json.loads((out / "training.json").read_text())
+    assert record["settings"]["init_from_target"] and record["text_encoder"]["init"] == "target"
+    done = record["text_encoder"]["init_from_target"]
+    target = ModelSource(model_dir=gap_inputs["model"]).load(device="cpu", dtype="float32")
+    assert done["word_embeddings"] == target.llm.get_input_embeddings().weight.shape[0]
+    assert done["objects_fitted"] > 100 and 0.0 < done["object_projector_r2"] <= 1.0
+
+    # the library call: word embeddings copied, the projector a least-squares fit of the target's tokens
+    base = GAPConfig(feat_dim_3d=64, feat_dim_2d=64, text_config={"vocab_size": 10_000})
+    config = apply_overrides(base, json.loads(gap_inputs["gap_config"].read_text()))
+    gap = GAPModel(config)
+    bank = SceneBank(data_config, "train")
+    init_from_target(gap, target, bank)
+    words = target.llm.get_input_embeddings().weight
+    assert torch.equal(gap.text_encoder.embeddings.word_embeddings.weight[: len(words)], words.float())
+
+    # refused in one line: a GAP narrower or wider than the target, or with a pretrained text encoder
+    tiny = json.loads(gap_inputs["gap_config"].read_text())
+    wide = _write(tmp_path / "wide.json", {**tiny, "hidden_size": 48})
+    args = train_args(gap_inputs, data_config, tmp_path / "g2", "--epochs", "1", "--init-from-target")
+    code, _, stderr = fast3d(capsys, *[wide if a == str(gap_inputs["gap_config"]) else a for a in args])
+    assert code == 2 and one_error_line(stderr) and "as wide as the target model (32)" in stderr, stderr

@@ -259,7 +259,6 @@ def test_sample_pruning_rows_and_table_carry_the_interval() -> None:
     assert "| n/a | - |" in bench.markdown([undefined]).splitlines()[2]  # this used to raise a TypeError
 
 
-
 def _eval(capsys, model_dir: Path, data_config, out: Path, baseline: Path, *extra: str) -> tuple[dict, str]:
     args = [
         "eval", "--model", str(model_dir), "--data-root", str(data_config.root), "-o", str(out),

@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from fast3d_cli.cli.common import DeviceOption, JsonOption, check_device, check_output_location, emit
+from fast3d_cli.demo import DemoSettings
+
+_DEFAULTS = DemoSettings()
 
 
 def demo_command(
@@ -17,12 +20,14 @@ def demo_command(
     ] = Path("runs/demo"),
     train_limit: Annotated[
         int, typer.Option(min=1, help="Train samples per task the GAP network learns from.")
-    ] = 600,
-    epochs: Annotated[int, typer.Option(min=1, help="GAP training epochs.")] = 3,
+    ] = _DEFAULTS.train_limit,
+    epochs: Annotated[int, typer.Option(min=1, help="GAP training epochs.")] = _DEFAULTS.epochs,
     target: Annotated[float, typer.Option(help="Target pruning ratio (%) for search-alpha.")] = 90.0,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N val samples per task.")] = None,
-    num_beams: Annotated[int, typer.Option(min=1)] = 5,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N val samples per task (default: the demo's).")
+    ] = _DEFAULTS.eval_limit,
+    num_beams: Annotated[int, typer.Option(min=1)] = _DEFAULTS.num_beams,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = _DEFAULTS.max_new_tokens,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -32,7 +37,7 @@ def demo_command(
     """
     from fast3d_cli.cli.progress import ProgressReporter, training_progress
     from fast3d_cli.cli.tables import print_comparison_table
-    from fast3d_cli.demo import DemoSettings, run_demo
+    from fast3d_cli.demo import run_demo
     from fast3d_cli.errors import UserError
 
     if not 0 < target < 100:

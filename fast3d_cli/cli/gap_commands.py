@@ -97,6 +97,14 @@ def train_gap_command(
         Path | None,
         typer.Option("--gap-config", help="JSON object of GAP config fields overriding the defaults."),
     ] = None,
+    init_from_target: Annotated[
+        bool,
+        typer.Option(
+            "--init-from-target",
+            help="Start the word embeddings and object projector from the target model (the tokenizer's "
+            "folder): the stand-in for a pretrained text encoder when training from scratch.",
+        ),
+    ] = False,
     mixed_precision: Annotated[
         str, typer.Option("--mixed-precision", help="auto (bf16 on CUDA), no, bf16.")
     ] = "auto",
@@ -138,6 +146,7 @@ def train_gap_command(
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
         limit=limit,
+        init_from_target=init_from_target,
     )
     check_device(device)
     check_output_location(output)

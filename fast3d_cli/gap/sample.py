@@ -39,10 +39,10 @@ def sample_text_config(tokenizer: Any, max_text_len: int = SAMPLE_MAX_TEXT_LEN) 
         raise ValueError("the text tokenizer needs a pad token")
     return {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
+        "hidden_size": 128,  # the sample model's width, so --init-from-target can copy its embeddings
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "intermediate_size": 128,
+        "intermediate_size": 256,
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1,

@@ -99,6 +99,8 @@ class TrainSettings:
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU
     eval_batch_size: int = 64
     limit: int | None = None  # only the first N samples of each task/split in the stores (quick runs)
+    # start the word embeddings and the object projector from the target model (gap/target_init.py)
+    init_from_target: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -133,8 +135,9 @@ class TrainSettings:
     def identity(self) -> dict[str, Any]:
         """The settings part of the run identity (``limit`` only when given: earlier runs stay resumable)."""
         data = asdict(self)
-        if data["limit"] is None:
-            data.pop("limit")
+        for optional in ("limit", "init_from_target"):
+            if not data[optional]:
+                data.pop(optional)
         return data
 
     def resolved_text_lr(self, pretrained: bool) -> float:
@@ -268,6 +271,7 @@ class NetworkSpec:
     tokenizer: Any
     text_encoder: Path | None
     tokenizer_source: dict[str, Any] = field(default_factory=dict)
+    init_target: Path | None = None  # a target model directory to start from (``--init-from-target``)
 
     def build(self) -> Any:
         from fast3d_cli.gap.modeling import GAPModel
@@ -283,9 +287,11 @@ def resolve_network(
     overrides: dict[str, Any],
     text_encoder: Path | None,
     tokenizer_dir: Path | None,
+    init_from_target: bool = False,
 ) -> NetworkSpec:
     """The GAP config and tokenizer: a pretrained RoBERTa folder (``text_encoder``), else the sample-world
-    config (tiny RoBERTa trained from scratch) over the target model's tokenizer."""
+    config (tiny RoBERTa trained from scratch) over the target model's tokenizer; ``init_from_target``
+    (sample-world config only) starts it from that target model (:mod:`fast3d_cli.gap.target_init`)."""
     from fast3d_cli.data.config import sample_data_dir
     from fast3d_cli.evaluation.fingerprint import files_fingerprint
     from fast3d_cli.gap.configuration import text_config_from_dir
@@ -340,7 +346,28 @@ def resolve_network(
             f"the tokenizer has {len(tokenizer)} tokens, the text encoder "
             f"{config.text_config.get('vocab_size')}"
         )
-    return NetworkSpec(config, tokenizer, text_encoder, source)
+    init_target = _init_target(init_from_target, text_encoder, tokenizer_dir, source, config)
+    return NetworkSpec(config, tokenizer, text_encoder, source, init_target)
+
+
+def _init_target(
+    wanted: bool, text_encoder: Path | None, tokenizer_dir: Path | None, source: dict[str, Any], config: Any
+) -> Path | None:
+    """The target model directory ``--init-from-target`` starts from: the one the tokenizer came from."""
+    if not wanted:
+        return None
+    from fast3d_cli.gap.target_init import check_target_width
+
+    if text_encoder is not None:
+        raise UserError("--init-from-target is for a text encoder trained from scratch, not --text-encoder")
+    directory = Path(source["tokenizer"])
+    if not (directory / "model.safetensors").is_file():
+        raise UserError(
+            f"--init-from-target needs a target model directory as the tokenizer source; {directory} holds "
+            "no model (pass --tokenizer MODEL_DIR)"
+        )
+    check_target_width(directory, config)
+    return directory
 
 
 def _is_model_of(directory: Path, fingerprint: str | None) -> bool | None:
@@ -518,6 +545,15 @@ def build_training_model(
 
     torch.manual_seed(settings.seed)
     model = network.build()
+    if network.init_target is not None:
+        from fast3d_cli.gap.target_init import init_from_target
+        from fast3d_cli.models.loading import ModelSource
+
+        target = ModelSource(model_dir=network.init_target).load(device="cpu", dtype="float32")
+        network.tokenizer_source["init_from_target"] = {
+            "model": str(network.init_target),
+            **init_from_target(model, target, data.banks["train"]),
+        }
     pooler = getattr(model.text_encoder, "pooler", None)
     if pooler is not None:  # unused, as official (they pass find_unused_parameters=True instead)
         pooler.requires_grad_(False)
@@ -781,7 +817,7 @@ def training_record(
         "settings": asdict(settings),
         "text_lr": text_lr,
         "text_encoder": {
-            "init": "pretrained" if text_encoder is not None else "scratch",
+            "init": "pretrained" if text_encoder else "target" if run.network.init_target else "scratch",
             "path": str(Path(text_encoder).resolve()) if text_encoder else None,
             **run.network.tokenizer_source,
         },
@@ -846,8 +882,9 @@ def train_gap(
     training = load_training_data(stores, data, settings, accelerator.num_processes)
     feature_dims = training.banks["train"].feature_dims
     network = resolve_network(
-        training.targets, feature_dims, gap_overrides or {}, text_encoder, tokenizer_dir
-    )
+        training.targets, feature_dims, gap_overrides or {}, text_encoder, tokenizer_dir,
+        settings.init_from_target,
+    )  # fmt: skip
     identity = run_identity(training, settings, network, text_encoder)
     found = _prepare_out_dir(out, identity, overwrite)
     accelerator.wait_for_everyone()

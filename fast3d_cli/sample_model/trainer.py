@@ -87,7 +87,6 @@ class Trainer:
         from fast3d_cli.models.chat_scene import ChatSceneConfig
         from fast3d_cli.sample_model.tokenizer import build_tokenizer, world_texts
 
-        torch.set_flush_denormal(True)  # denormals in the backward pass cost 5x on CPU
         self.out_dir, self.spec, self.world = out_dir, spec, world
         self.progress, self.phase = progress, phase
         phase("building the tokenizer and the model")
