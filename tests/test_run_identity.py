@@ -163,3 +163,22 @@ def test_a_different_setting_is_named(capsys, inputs, data_config, tmp_path: Pat
     assert fast3d(capsys, *args)[0] == 0
     beams = [*args, "--num-beams", "2"]
     refused(capsys, beams, "another settings.generation.num_beams (1 recorded, 2 now)")
+
+
+def test_a_finished_run_is_not_scored_again(capsys, inputs, data_config, tmp_path, monkeypatch) -> None:
+    """A rerun that generates nothing returns the saved metrics (scoring starts METEOR's JVM, and every pruned
+    run re-reads its dense baseline); a run whose predictions changed is scored again."""
+    import fast3d_cli.evaluation.runner as runner
+
+    out = tmp_path / "dense"
+    args = eval_args(inputs, data_config, out)
+    assert fast3d(capsys, *args)[0] == 0
+    first = json.loads((out / "metrics.json").read_text())
+    calls = []
+    original = runner.score
+    monkeypatch.setattr(runner, "score", lambda *a, **k: calls.append(1) or original(*a, **k))
+    code, stdout, _ = fast3d(capsys, *args)
+    assert code == 0 and calls == [] and json.loads((out / "metrics.json").read_text()) == first
+    interrupt(out)  # a crash before scoring: no metrics.json, so the rerun generates and scores
+    assert fast3d(capsys, *args)[0] == 0 and calls == [1]
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == first["metrics"]

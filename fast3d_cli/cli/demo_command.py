@@ -57,6 +57,7 @@ def demo_command(
     with ProgressReporter("demo") as progress:
         result = run_demo(output, settings, progress.phase, progress.update, training_progress(progress))
     print_comparison_table(result["rows"], sys.stderr, "fast3d demo: the sample model pruned (values x100)")
+    width = max(len(name) for name in result["paths"])
     for name, path in result["paths"].items():
-        print(f"{name:>12}: {path}", file=sys.stderr)
+        print(f"{name:>{width}}: {path}", file=sys.stderr)
     emit(output, result, as_json)

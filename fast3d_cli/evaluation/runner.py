@@ -356,6 +356,9 @@ def run_eval(
         return {}
     for task, rows in samples.items():
         _prediction_log(out_dir, task).merge_shards([s.index for s in rows])
+    saved = _saved_result(out_dir, manifest, sum(r["generated"] for r in ranks))
+    if saved is not None:
+        return saved
     phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
     result = {
         **score(out_dir, data, bank, settings),
@@ -366,6 +369,25 @@ def run_eval(
     }
     write_json(out_dir / "metrics.json", result, indent=2)
     return result
+
+
+def _saved_result(out_dir: Path, manifest: dict[str, Any], generated: int) -> dict[str, Any] | None:
+    """The result already in metrics.json when this run generated nothing and it scored these same
+    predictions (same identity, units kept); None when the predictions must be scored. Scoring takes
+    seconds (METEOR starts a JVM), and a pruned run re-reads its dense baseline every time."""
+    metrics, units = out_dir / "metrics.json", out_dir / UNITS_FILE
+    if generated or not metrics.is_file() or not units.is_file():
+        return None
+    try:
+        saved = read_json(metrics)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+        return None
+    same = {k: v for k, v in saved["run"].items() if k != "world_size"} == {
+        k: v for k, v in json.loads(json.dumps(manifest)).items() if k != "world_size"
+    }
+    return saved if same else None
 
 
 def _speed(timer: Any, ranks: list[dict[str, Any]], seconds: float, previous: Path) -> dict[str, Any]:
