@@ -177,7 +177,7 @@ def test_a_finished_run_is_not_scored_again(capsys, inputs, data_config, tmp_pat
     calls = []
     original = runner.score
     monkeypatch.setattr(runner, "score", lambda *a, **k: calls.append(1) or original(*a, **k))
-    code, stdout, _ = fast3d(capsys, *args)
+    code, _, _ = fast3d(capsys, *args)
     assert code == 0 and calls == [] and json.loads((out / "metrics.json").read_text()) == first
     interrupt(out)  # a crash before scoring: no metrics.json, so the rerun generates and scores
     assert fast3d(capsys, *args)[0] == 0 and calls == [1]

@@ -42,7 +42,7 @@ def check_target_width(target_dir: Path, config: Any) -> None:
 
 
 def object_features(bank: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every object of the bank's split (the training scenes only): raw 3D and 2D features, [N, D3], [N, D2]."""
+    """Every object of the bank's split (its scenes only): raw 3D and 2D features, [N, D3] and [N, D2]."""
     from fast3d_cli.data.formats import feature_key
 
     scenes = sorted(bank.proposal_attributes)
