@@ -29,14 +29,15 @@ from common import environment, write_result
 TASKS = ("scanrefer", "multi3dref", "scan2cap", "scanqa", "sqa3d")
 
 
-def rows(run_dir: Path, n_layers: int) -> list[tuple[str, dict[str, Any]]]:
-    """The paper's rows (fast3d_cli.evaluation.paper_table), then the 90% rows with --skip-padding."""
+def rows(run_dir: Path, n_layers: int, skip_padding: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The paper's rows (fast3d_cli.evaluation.paper_table), then (``skip_padding``) the 90% rows again with
+    --skip-padding."""
     from fast3d_cli.evaluation.paper_table import paper_rows
 
     table = paper_rows(n_layers, run_dir / "pred.zarr", run_dir / "maps_val.zarr")
     padded = [(f"{label} +skip-padding", {**options, "skip_padding": True}) for label, options in table
               if "90" in label and options["method"] != "none"]  # fmt: skip
-    return table + padded
+    return table + (padded if skip_padding else [])
 
 
 def main() -> None:
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default="sample_pruning")
+    parser.add_argument("--limit", type=int, default=None, help="first N val samples per task")
+    parser.add_argument("--skip-padding-rows", action="store_true", help="90%% rows with --skip-padding too")
     args = parser.parse_args()
 
     from fast3d_cli.cli.common import default_model_dir
@@ -59,14 +62,15 @@ def main() -> None:
     model = source.load(device=args.device, dtype="float32")
     fingerprint = source.fingerprint()
     data = DataConfig()
-    base = EvalSettings(tasks=TASKS, batch_size=args.batch_size)
+    base = EvalSettings(tasks=TASKS, batch_size=args.batch_size, limit=args.limit)
+    evals = args.run_dir / ("eval" if args.limit is None else f"eval-limit{args.limit}")
     table = []
     from fast3d_cli.evaluation.paper_table import row_slug
 
-    for label, options in rows(args.run_dir, model.llm.config.num_hidden_layers):
-        out = args.run_dir / "eval" / row_slug(options)
+    for label, options in rows(args.run_dir, model.llm.config.num_hidden_layers, args.skip_padding_rows):
+        out = evals / row_slug(options)
         settings = replace(base, pruning=PruningSettings(**options))
-        result = run_pruned_eval(model, fingerprint, data, settings, out, args.run_dir / "eval" / "dense")
+        result = run_pruned_eval(model, fingerprint, data, settings, out, evals / "dense")
         table.append(table_row(label, options, result))
         ratio = result.get("score_ratio") or {}
         shown = format_score_ratio(table[-1]["score_ratio"], ratio.get("reason"), ratio.get("ci95"))
@@ -77,6 +81,7 @@ def main() -> None:
             "benchmark": "sample_pruning",
             "environment": environment(args.device),
             "tasks": TASKS,
+            "limit": args.limit,
             "rows": table,
         },
     )
