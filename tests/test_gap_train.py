@@ -350,7 +350,6 @@ def test_init_from_target_starts_from_the_target_model(capsys, gap_inputs, data_
     init_from_target(gap, target, bank)
     words = target.llm.get_input_embeddings().weight
     assert torch.equal(gap.text_encoder.embeddings.word_embeddings.weight[: len(words)], words.float())
-    assert torch.equal(gap.obj_id_embedding.weight, words[target.obj_token_ids[:100]].float())
 
     # refused in one line: a GAP narrower or wider than the target, or with a pretrained text encoder
     tiny = json.loads(gap_inputs["gap_config"].read_text())
