@@ -23,11 +23,11 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sized to finish in under 10 minutes on 2 CPU cores (README): the GAP learns from 300 train samples per
+    """Sized to finish in under 10 minutes on 2 CPU cores (README): the GAP learns from 500 train samples per
     task, and the table evaluates the first 40 val samples per task (benchmarks/sample_pruning.py runs more)."""
 
-    train_limit: int = 300  # train samples per task for the GAP (the sample world has 1.3k-3k per task)
-    epochs: int = 6
+    train_limit: int = 500  # train samples per task for the GAP (the sample world has 1.3k-3k per task)
+    epochs: int = 8
     target_ratio: float = 90.0
     eval_limit: int | None = 40  # val samples per task (None: all, ~440)
     num_beams: int = 5

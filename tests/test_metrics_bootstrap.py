@@ -216,6 +216,24 @@ def test_replicates_with_a_dense_zero_are_counted_not_hidden():
     assert result.to_dict()["n_undefined"] == item.n_undefined
 
 
+def test_a_negligible_dense_bleu_counts_as_undefined_not_as_a_huge_ratio():
+    """Only one dense item has a matching 4-gram, so resamples without it have a corpus BLEU-4 of about 1e-4
+    (pycocoevalcap's smoothing), not 0. Their ratio is undefined; the interval stays finite."""
+
+    def item(length, correct4):  # testlen, reflen, guesses (1..4-grams), correct (1..4-grams)
+        guess = [max(length - n, 0) for n in range(4)]
+        return [length, length, *guess, *[min(g, c) for g, c in zip(guess, [length, length, length, correct4])]]
+
+    dense = [item(5, 0)] * 7 + [item(5, 2)]
+    method = [item(5, 0)] * 5 + [item(5, 2)] * 3
+    result = paired_bootstrap_score_ratio(
+        {"scanqa": units("scanqa", method)}, {"scanqa": units("scanqa", dense)}, n_resamples=2000
+    )
+    item_ci = result.per_task["scanqa"]
+    assert 0.25 * 2000 < item_ci.n_undefined < 0.45 * 2000  # (7/8)^8 = 34 % of resamples miss it
+    assert item_ci.ci is not None and item_ci.ci[1] < 1e4 and result.ci[1] < 1e4
+
+
 # ------------------------------------------------------------------------------------------- refusals
 
 

@@ -23,7 +23,7 @@ the interval key is "ci" followed by the confidence in percent, "ci95" by defaul
       "confidence": 0.95,
       "n_resamples": 1000,
       "seed": 0,
-      "n_undefined": 0,              # replicates without a Score Ratio (a dense value of 0)
+      "n_undefined": 0,              # replicates without a Score Ratio (a dense value of 0 or negligible)
       "undefined": null,             # why "value" is null: "score_ratio: baseline is 0 for ..."
       "method": "paired bootstrap over samples (percentile)",
       "per_task": {
@@ -231,10 +231,17 @@ def paired_units(task: str, method: TaskUnits, dense: TaskUnits) -> tuple[TaskUn
     return method, dense.reordered(method.keys)
 
 
+NEGLIGIBLE_DENSE = 1e-3  # a replicate's dense value below this share of the median replicate counts as 0
+
+
 def _ratios(method_values: np.ndarray, dense_values: np.ndarray) -> np.ndarray:
-    """method / dense per replicate, NaN where the dense value is 0."""
+    """method / dense per replicate, NaN where the dense value is 0 or negligible: below
+    ``NEGLIGIBLE_DENSE`` of the median replicate. Corpus BLEU-4 of a resample without one matching 4-gram
+    is not 0 but about 1e-9 (pycocoevalcap's smoothing constants), and dividing by it gave intervals
+    reaching 10^9 % on small tasks."""
     ratios = np.full(method_values.shape, np.nan)
-    np.divide(method_values, dense_values, out=ratios, where=dense_values != 0)
+    floor = NEGLIGIBLE_DENSE * float(np.median(np.abs(dense_values))) if dense_values.size else 0.0
+    np.divide(method_values, dense_values, out=ratios, where=np.abs(dense_values) > floor)
     return ratios
 
 
