@@ -23,8 +23,9 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sized to finish in under 10 minutes on 2 CPU cores (README): the GAP learns from 500 train samples per
-    task, and the table evaluates the first 40 val samples per task (benchmarks/sample_pruning.py runs more)."""
+    """Sized to finish in under 10 minutes on 2 CPU cores (README): the GAP learns from 500 train samples
+    per task, and the table evaluates the first 40 val samples per task (benchmarks/sample_pruning.py runs
+    more)."""
 
     train_limit: int = 500  # train samples per task for the GAP (the sample world has 1.3k-3k per task)
     epochs: int = 8

@@ -222,7 +222,8 @@ def test_a_negligible_dense_bleu_counts_as_undefined_not_as_a_huge_ratio():
 
     def item(length, correct4):  # testlen, reflen, guesses (1..4-grams), correct (1..4-grams)
         guess = [max(length - n, 0) for n in range(4)]
-        return [length, length, *guess, *[min(g, c) for g, c in zip(guess, [length, length, length, correct4])]]
+        correct = [min(g, c) for g, c in zip(guess, [length, length, length, correct4], strict=True)]
+        return [length, length, *guess, *correct]
 
     dense = [item(5, 0)] * 7 + [item(5, 2)]
     method = [item(5, 0)] * 5 + [item(5, 2)] * 3
