@@ -111,7 +111,7 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
             left_out, total = row["score_ratio_resamples_undefined"], row["score_ratio_resamples"]
             notes.append(
                 f"{row['method']}: 95% CI from {total - left_out} of {total} resamples ({left_out} drew a "
-                "dense score of 0 for some task and have no ratio)"
+                "dense score of 0, or a negligible one, for some task and have no ratio)"
             )
         table.add_row(
             escape(row["method"]),
