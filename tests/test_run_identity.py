@@ -179,6 +179,10 @@ def test_a_finished_run_is_not_scored_again(capsys, inputs, data_config, tmp_pat
     monkeypatch.setattr(runner, "score", lambda *a, **k: calls.append(1) or original(*a, **k))
     code, _, _ = fast3d(capsys, *args)
     assert code == 0 and calls == [] and json.loads((out / "metrics.json").read_text()) == first
+    log = out / "predictions" / "scanrefer.jsonl"
+    log.write_text(log.read_text().replace('"pred": "', '"pred": "x', 1))  # an edited prediction is rescored
+    assert fast3d(capsys, *args)[0] == 0 and calls == [1]
+    calls.clear()
     interrupt(out)  # a crash before scoring: no metrics.json, so the rerun generates and scores
     assert fast3d(capsys, *args)[0] == 0 and calls == [1]
     assert json.loads((out / "metrics.json").read_text())["metrics"] == first["metrics"]

@@ -356,7 +356,8 @@ def run_eval(
         return {}
     for task, rows in samples.items():
         _prediction_log(out_dir, task).merge_shards([s.index for s in rows])
-    saved = _saved_result(out_dir, manifest, sum(r["generated"] for r in ranks))
+    predictions = files_fingerprint(_prediction_log(out_dir, task).path for task in samples)
+    saved = _saved_result(out_dir, manifest, predictions, sum(r["generated"] for r in ranks))
     if saved is not None:
         return saved
     phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
@@ -366,15 +367,18 @@ def run_eval(
         "pruning": pruning_summary(out_dir, settings, pruner, model.llm.config),
         "speed": _speed(timer, ranks, seconds, out_dir / "metrics.json"),
         "run": manifest,
+        "predictions_fingerprint": predictions,  # what was scored (a rerun reuses these metrics if unchanged)
     }
     write_json(out_dir / "metrics.json", result, indent=2)
     return result
 
 
-def _saved_result(out_dir: Path, manifest: dict[str, Any], generated: int) -> dict[str, Any] | None:
+def _saved_result(
+    out_dir: Path, manifest: dict[str, Any], predictions: str, generated: int
+) -> dict[str, Any] | None:
     """The result already in metrics.json when this run generated nothing and it scored these same
-    predictions (same identity, units kept); None when the predictions must be scored. Scoring takes
-    seconds (METEOR starts a JVM), and a pruned run re-reads its dense baseline every time."""
+    predictions (same identity, same prediction files, units kept); None when they must be scored. Scoring
+    takes seconds (METEOR starts a JVM), and a pruned run re-reads its dense baseline every time."""
     metrics, units = out_dir / "metrics.json", out_dir / UNITS_FILE
     if generated or not metrics.is_file() or not units.is_file():
         return None
@@ -383,6 +387,8 @@ def _saved_result(out_dir: Path, manifest: dict[str, Any], generated: int) -> di
     except (OSError, ValueError):
         return None
     if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+        return None
+    if saved.get("predictions_fingerprint") != predictions:  # edited, or scored by an earlier fast3d
         return None
     same = {k: v for k, v in saved["run"].items() if k != "world_size"} == {
         k: v for k, v in json.loads(json.dumps(manifest)).items() if k != "world_size"
