@@ -227,18 +227,29 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
     options = MetricOptions(settings.scanqa_clean_references, settings.scan2cap_sos_eos)
     context = _metric_context(data, bank, settings.tasks)
     evaluations = {}
-    with CaptionScorer() as scorer:
-        context.caption_scorer = scorer
-        for task in settings.tasks:
-            records = sorted(
-                PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values(),
-                key=lambda r: r["index"],
-            )
-            evaluations[task] = evaluate_task(task, records, context, options)
+    context.caption_scorer = _caption_scorer(CaptionScorer)
+    for task in settings.tasks:
+        records = sorted(
+            PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values(), key=lambda r: r["index"]
+        )
+        evaluations[task] = evaluate_task(task, records, context, options)
     write_units(out_dir, {task: evaluation.units for task, evaluation in evaluations.items()})
     metrics = {task: evaluation.metrics for task, evaluation in evaluations.items()}
     flat = {key: value for task_metrics in metrics.values() for key, value in task_metrics.items()}
     return {"metrics": metrics, "headline": headline_scores(flat)}
+
+
+_SCORER: Any = None
+
+
+def _caption_scorer(factory: Any) -> Any:
+    """One caption scorer per process: its METEOR JVM (about 6 s to start) serves every evaluation the
+    process scores (the demo and the benchmarks score a dozen runs) and stops when the process exits (the
+    scorer's finalizer). A scorer whose METEOR failed is replaced, so the next evaluation tries again."""
+    global _SCORER
+    if _SCORER is None or _SCORER.meteor_failed:
+        _SCORER = factory()
+    return _SCORER
 
 
 def _prediction_log(out_dir: Path, task: str) -> PredictionLog:

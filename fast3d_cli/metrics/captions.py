@@ -132,6 +132,11 @@ class CaptionScorer:
         self._meteor_failed = False
 
     @property
+    def meteor_failed(self) -> bool:
+        """Whether METEOR failed in this scorer (it then reports None until a new scorer is made)."""
+        return self._meteor_failed
+
+    @property
     def uses_java(self) -> bool:
         """Whether the Java PTB tokenizer and METEOR are used."""
         return self._java is not None
