@@ -222,16 +222,14 @@ def _metric_context(data: DataConfig, bank: SceneBank, tasks: Sequence[str]):
 def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettings) -> dict[str, Any]:
     """Score the prediction logs of ``out_dir``: the metrics document's "metrics" and "headline"; the
     per-sample units of each headline go to units.json (for the score ratio's interval)."""
-    from fast3d_cli.metrics import CaptionScorer, MetricOptions, evaluate_task, headline_scores
+    from fast3d_cli.metrics import MetricOptions, evaluate_task, headline_scores
 
     options = MetricOptions(settings.scanqa_clean_references, settings.scan2cap_sos_eos)
     context = _metric_context(data, bank, settings.tasks)
     evaluations = {}
-    context.caption_scorer = _caption_scorer(CaptionScorer)
+    context.caption_scorer = _caption_scorer()
     for task in settings.tasks:
-        records = sorted(
-            PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values(), key=lambda r: r["index"]
-        )
+        records = sorted(_prediction_log(out_dir, task).read().values(), key=lambda r: r["index"])
         evaluations[task] = evaluate_task(task, records, context, options)
     write_units(out_dir, {task: evaluation.units for task, evaluation in evaluations.items()})
     metrics = {task: evaluation.metrics for task, evaluation in evaluations.items()}
@@ -239,16 +237,18 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
     return {"metrics": metrics, "headline": headline_scores(flat)}
 
 
-_SCORER: Any = None
+_SCORER: Any = None  # a fast3d_cli.metrics.CaptionScorer, made on first use (no JVM before scoring)
 
 
-def _caption_scorer(factory: Any) -> Any:
+def _caption_scorer() -> Any:
     """One caption scorer per process: its METEOR JVM (about 6 s to start) serves every evaluation the
     process scores (the demo and the benchmarks score a dozen runs) and stops when the process exits (the
     scorer's finalizer). A scorer whose METEOR failed is replaced, so the next evaluation tries again."""
+    from fast3d_cli.metrics import CaptionScorer
+
     global _SCORER
     if _SCORER is None or _SCORER.meteor_failed:
-        _SCORER = factory()
+        _SCORER = CaptionScorer()
     return _SCORER
 
 
