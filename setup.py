@@ -1,10 +1,9 @@
-"""Package discovery: ``kernels/`` ships under the import name ``fast3d_kernels``.
+"""Package discovery: ``fast3d_cli`` at the top, ``fast3d_kernels`` inside the ``kernels/`` folder.
 
-The folder is named ``kernels`` in the tree, but installing it as ``kernels`` would clash with the
-unrelated ``kernels`` distribution on PyPI, so it is mapped (``package-dir`` in pyproject.toml).
+``kernels/`` has no ``__init__.py`` on purpose: a regular package there would hide the unrelated PyPI
+``kernels`` package (a dependency of transformers >= 5.25) for anyone running from the checkout's root.
 """
 
 from setuptools import find_packages, setup
 
-kernel_packages = ["fast3d_kernels" + name[len("kernels") :] for name in find_packages(include=["kernels*"])]
-setup(packages=find_packages(include=["fast3d_cli*"]) + kernel_packages)
+setup(packages=find_packages(include=["fast3d_cli*"]) + find_packages(where="kernels"))

@@ -35,24 +35,13 @@ VICUNA_7B = {
 
 def ensure_project_importable() -> None:
     """Make ``fast3d_cli`` and ``fast3d_kernels`` importable from this checkout when the project is not
-    installed (a bare GPU image): the repository root goes on ``sys.path`` and ``kernels/`` is registered
-    under its install name ``fast3d_kernels`` (the mapping ``package-dir`` does for an install)."""
+    installed (a bare GPU image): the repository root and ``kernels/`` (which holds the ``fast3d_kernels``
+    package) go on ``sys.path``. ``kernels/`` itself has no ``__init__.py``, so it never hides the PyPI
+    ``kernels`` package that transformers imports."""
     if importlib.util.find_spec("fast3d_cli") is None:
         sys.path.insert(0, str(REPO))
-    if "fast3d_kernels" in sys.modules or importlib.util.find_spec("fast3d_kernels") is not None:
-        return
-    kernels = REPO / "kernels"
-    spec = importlib.util.spec_from_file_location(
-        "fast3d_kernels", kernels / "__init__.py", submodule_search_locations=[str(kernels)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fast3d_kernels"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules["fast3d_kernels"]
-        raise
+    if importlib.util.find_spec("fast3d_kernels") is None:
+        sys.path.insert(0, str(REPO / "kernels"))
 
 
 def git_commit() -> str | None:
