@@ -40,7 +40,8 @@ def eval_command(
         typer.Option(
             "--method",
             "-m",
-            help="none, random, fastv, divprune, oracle, oracle+sap, gap, gap+sap.",
+            help="none, random, fastv, divprune, oracle, oracle+sap, gap, gap+sap, cdpruner, coverage, "
+            "efficient3d (docs/methods-before-llm.md).",
             rich_help_panel="Pruning",
         ),
     ] = "none",
