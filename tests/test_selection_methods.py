@@ -265,3 +265,35 @@ def test_bad_budget_options_are_refused() -> None:
             validate(settings, 2)
     assert validate(PruningSettings(method="efficient3d", alpha=0.5, maps="x.zarr"), 2).name == "efficient3d"
     assert validate(PruningSettings(method="efficient3d", ratio=50.0, maps="x.zarr"), 2).adaptive
+
+
+def test_generic_cdpruner_on_the_chat_scene_adapter(tiny_model, data_config) -> None:
+    """The adapter path (any TargetAdapter, e.g. LLaVA): the same DPP, conditioned on the text after the
+    visual tokens; budget per sample, batch = rows alone; coverage (needs 3D boxes) is refused."""
+    from fast3d_cli.models.adapter import ChatSceneAdapter
+    from fast3d_cli.pruning.generic import prune_generate, pruning_plan
+    from tests.test_adapter_chat_scene import chat_scene_batch
+
+    bank = SceneBank(data_config, "val")
+    samples = load_samples(data_config, "scanqa", "val")[:3]
+    adapter, batch = ChatSceneAdapter(tiny_model), chat_scene_batch(samples, bank)
+    gen = GenerationConfig(num_beams=1, max_new_tokens=3)
+    together = prune_generate(adapter, batch, "cdpruner", keep=[4, 6, 5], gen=gen)
+    assert together.kept_units == [4, 6, 5]
+    for i, keep in enumerate([4, 6, 5]):
+        alone = prune_generate(
+            adapter, chat_scene_batch(samples[i : i + 1], bank), "cdpruner", keep=keep, gen=gen
+        )
+        assert alone.texts == [together.texts[i]]
+    with torch.no_grad():
+        inputs = adapter.build_inputs(batch)
+        plan = pruning_plan(adapter, batch, inputs, "cdpruner", keep=6)
+        row = 0
+        features = adapter.visual_embeddings(inputs)[row : row + 1]
+        start = int(inputs.text_start[row])
+        text = inputs.inputs_embeds[row, start:].mean(0)[None, None]
+        pairs = features.reshape(1, features.shape[1], 2, -1).mean(2)
+        expected = cdpruner_scores(features, pairs, text, 6)
+    assert torch.equal(plan.scores[row : row + 1].topk(6).indices, expected.topk(6).indices)
+    with pytest.raises(ValueError, match="3D boxes"):
+        pruning_plan(adapter, batch, inputs, "coverage", keep=3)
