@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def prose(text: str) -> str:
 def code_blocks(text: str) -> Iterator[str]:
     for match in FENCE.finditer(text):
         yield match.group(0)
+
+
+def readme_code_lines() -> list[str]:
+    blocks = code_blocks(README.read_text(encoding="utf-8"))
+    return [line.strip() for block in blocks for line in block.splitlines()]
 
 
 def relative_links(path: Path) -> Iterator[str]:
@@ -98,8 +104,7 @@ def test_readme_is_short() -> None:
 
 def test_readme_has_the_test_command_ci_runs() -> None:
     """CI runs "the README's test command": it is in a README code block, and .ci/run runs it as written."""
-    blocks = code_blocks(README.read_text(encoding="utf-8"))
-    commands = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [line.split("#", 1)[0].strip() for line in readme_code_lines()]
     assert "pytest -q" in commands
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert "pytest -q" in ci
@@ -107,16 +112,39 @@ def test_readme_has_the_test_command_ci_runs() -> None:
 
 def test_readme_shows_every_command_with_an_example() -> None:
     """Every registered command appears in a README code block as a command line, 'fast3d NAME ...'."""
-    lines = [
-        line.strip()
-        for block in code_blocks(README.read_text(encoding="utf-8"))
-        for line in block.splitlines()
-    ]
+    lines = readme_code_lines()
     commands = command_paths()
     assert {"extract", "eval", "config show", "sample build-world"} <= set(commands)
     shown = [name for name in commands if any(re.match(rf"fast3d {re.escape(name)}(\s|$)", s) for s in lines)]
     missing = sorted(set(commands) - set(shown))
     assert not missing, f"README.md has no example of: {missing}"
+
+
+def readme_command_lines() -> list[str]:
+    """The one-line `fast3d ...` command lines of the README's code blocks (not the multi-line pipeline)."""
+    lines = readme_code_lines()
+    return [line for line in lines if line.startswith("fast3d ") and not line.endswith("\\")]
+
+
+def parse_command_line(line: str) -> None:
+    """Parse ``line`` as the fast3d app would (options, types, choices), without running the command."""
+    args = shlex.split(line.split(" | ", 1)[0], comments=True)[1:]
+    command = typer.main.get_command(app)
+    context = command.make_context("fast3d", list(args))
+    while hasattr(command, "commands"):  # a group: its first argument names the sub-command
+        name, command, args = command.resolve_command(context, args)
+        context = command.make_context(name, args, parent=context)
+
+
+def test_readme_examples_parse() -> None:
+    """Every README example names options that exist, with values the command accepts."""
+    lines = [line for line in readme_command_lines() if line.split()[1] != "--version"]
+    assert len(lines) > 10
+    for line in lines:
+        parse_command_line(line)
+    for wrong in ("fast3d eval --no-such-option 1", "fast3d eval --limit many", "fast3d sample no-such"):
+        with pytest.raises(typer.TyperException):  # the parser's usage errors
+            parse_command_line(wrong)
 
 
 def test_site_navigation_covers_every_page() -> None:
