@@ -8,6 +8,7 @@ import ast
 import re
 import shlex
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ def code_blocks(text: str) -> Iterator[str]:
         yield match.group(0)
 
 
-def readme_code_lines() -> list[str]:
-    blocks = code_blocks(README.read_text(encoding="utf-8"))
+def code_lines(path: Path = README) -> list[str]:
+    blocks = code_blocks(path.read_text(encoding="utf-8"))
     return [line.strip() for block in blocks for line in block.splitlines()]
 
 
@@ -48,6 +49,11 @@ def relative_links(path: Path) -> Iterator[str]:
         if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
             continue  # a URL (https:, mailto:) or an anchor in the same page
         yield target
+
+
+@cache
+def root_command():
+    return typer.main.get_command(app)
 
 
 def command_paths() -> list[str]:
@@ -60,7 +66,7 @@ def command_paths() -> list[str]:
         else:
             yield " ".join(prefix)
 
-    return list(walk(typer.main.get_command(app), []))
+    return list(walk(root_command(), []))
 
 
 def test_docs_has_pages() -> None:
@@ -104,7 +110,7 @@ def test_readme_is_short() -> None:
 
 def test_readme_has_the_test_command_ci_runs() -> None:
     """CI runs "the README's test command": it is in a README code block, and .ci/run runs it as written."""
-    commands = [line.split("#", 1)[0].strip() for line in readme_code_lines()]
+    commands = [line.split("#", 1)[0].strip() for line in code_lines()]
     assert "pytest -q" in commands
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert "pytest -q" in ci
@@ -112,7 +118,7 @@ def test_readme_has_the_test_command_ci_runs() -> None:
 
 def test_readme_shows_every_command_with_an_example() -> None:
     """Every registered command appears in a README code block as a command line, 'fast3d NAME ...'."""
-    lines = readme_code_lines()
+    lines = code_lines()
     commands = command_paths()
     assert {"extract", "eval", "config show", "sample build-world"} <= set(commands)
     shown = [name for name in commands if any(re.match(rf"fast3d {re.escape(name)}(\s|$)", s) for s in lines)]
@@ -120,28 +126,31 @@ def test_readme_shows_every_command_with_an_example() -> None:
     assert not missing, f"README.md has no example of: {missing}"
 
 
-def readme_command_lines() -> list[str]:
-    """The one-line `fast3d ...` command lines of the README's code blocks (not the multi-line pipeline)."""
-    lines = readme_code_lines()
-    return [line for line in lines if line.startswith("fast3d ") and not line.endswith("\\")]
+def command_lines(path: Path) -> list[str]:
+    """The one-line `fast3d ...` command lines of a page's code blocks (not multi-line ones)."""
+    return [line for line in code_lines(path) if line.startswith("fast3d ") and not line.endswith("\\")]
 
 
 def parse_command_line(line: str) -> None:
     """Parse ``line`` as the fast3d app would (options, types, choices), without running the command."""
     args = shlex.split(line.split(" | ", 1)[0], comments=True)[1:]
-    command = typer.main.get_command(app)
+    command = root_command()
     context = command.make_context("fast3d", list(args))
     while hasattr(command, "commands"):  # a group: its first argument names the sub-command
         name, command, args = command.resolve_command(context, args)
         context = command.make_context(name, args, parent=context)
 
 
-def test_readme_examples_parse() -> None:
-    """Every README example names options that exist, with values the command accepts."""
-    lines = [line for line in readme_command_lines() if line.split()[1] != "--version"]
-    assert len(lines) > 10
-    for line in lines:
-        parse_command_line(line)
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_examples_parse(path: Path) -> None:
+    """Every example names options that exist, with values the command accepts."""
+    for line in command_lines(path):
+        if line.split()[1] != "--version":
+            parse_command_line(line)
+
+
+def test_parse_refuses_wrong_examples() -> None:
+    assert len(command_lines(README)) > 10
     for wrong in ("fast3d eval --no-such-option 1", "fast3d eval --limit many", "fast3d sample no-such"):
         with pytest.raises(typer.TyperException):  # the parser's usage errors
             parse_command_line(wrong)
