@@ -156,6 +156,20 @@ def test_parse_refuses_wrong_examples() -> None:
             parse_command_line(wrong)
 
 
+def test_command_help_has_no_spec_references() -> None:
+    """--help is user-facing text too: each command's and each option's help states its rule."""
+
+    def helps(command) -> Iterator[str]:
+        yield command.help or ""
+        yield from (getattr(param, "help", None) or "" for param in command.params)
+        for sub in getattr(command, "commands", {}).values():
+            yield from helps(sub)
+
+    texts = list(helps(root_command()))
+    assert any("pruning ratio" in text for text in texts)
+    assert not [text for text in texts if SPEC_REFERENCE.search(text)]
+
+
 def test_site_navigation_covers_every_page() -> None:
     """mkdocs.yml's nav names every docs/*.md page, and every page it names exists."""
     yaml = pytest.importorskip("yaml")
