@@ -297,3 +297,17 @@ def test_generic_cdpruner_on_the_chat_scene_adapter(tiny_model, data_config) -> 
     assert torch.equal(plan.scores[row : row + 1].topk(6).indices, expected.topk(6).indices)
     with pytest.raises(ValueError, match="3D boxes"):
         pruning_plan(adapter, batch, inputs, "coverage", keep=3)
+
+
+@pytest.mark.parametrize("method", ["cdpruner", "coverage"])
+def test_skip_padding_keeps_only_real_objects(method, target, data_config) -> None:
+    model, fingerprint = target
+    bank = SceneBank(data_config, "val")
+    samples = load_samples(data_config, "scanqa", "val")[:4]
+    settings = PruningSettings(method=method, keep=6, skip_padding=True)
+    out = generate_answers(
+        model, bank, samples, GenerationConfig(1, 1), Pruner(settings, model, fingerprint, data_config)
+    )
+    _, padding = object_centers(samples, bank, model.config.max_obj_num)
+    for row, kept in enumerate(out.kept_objects):
+        assert len(kept) == 6 and not padding[row, kept].any()
