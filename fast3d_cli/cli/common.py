@@ -183,4 +183,18 @@ def check_output_location(path: Path, option: str = "--output") -> Path:
         read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
         why = "is on a read-only file system" if read_only else "is not writable"
         raise UserError(f"cannot create {option} {path}: {parent} {why}")
+    probe_folder(parent, f"cannot create {option} {path}")
     return path
+
+
+def probe_folder(parent: Path, refusal: str) -> None:
+    """Create and remove a folder in ``parent``: permissions say yes on ``/proc`` and ``/sys``, and on
+    some mounts, where creating anything fails; :class:`UserError` starting with ``refusal`` then."""
+    import tempfile
+
+    from fast3d_cli.errors import UserError
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fast3d-probe-", dir=parent))
+    except OSError as err:
+        raise UserError(f"{refusal}: nothing can be created in {parent} ({err.strerror or err})") from None
