@@ -142,7 +142,18 @@ def store_output(value: str | Path, option: str = "--output"):
         check_output_location(location.local, option)
     else:
         location.exists()
+        warn_if_in_memory(location, option)
     return location
+
+
+def warn_if_in_memory(location: Any, option: str) -> None:
+    """One stderr line for a ``memory://`` output: it lives in this process and is gone when it exits."""
+    if str(location.url or "").lower().startswith("memory://"):
+        print(
+            f"fast3d: warning: {option} {location} is held in this process's memory and is gone when it "
+            "exits; give a path or a persistent URL to keep it",
+            file=sys.stderr,
+        )
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
