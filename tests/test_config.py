@@ -150,3 +150,13 @@ def test_config_show_checks_the_file_too(capsys, in_tmp) -> None:
     code, stdout, stderr = fast3d(capsys, "config", "show")
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert "fast3d.toml [data] max_obj_num = 0: must be an integer >= 1" in stderr
+
+
+def test_config_show_into_a_file_keeps_whole_values(capsys, in_tmp) -> None:
+    """stdout is no terminal (capsys, a file, a pipe): values are never wrapped or cut at 80 columns."""
+    root = in_tmp / ("a-long-folder-name-" * 6) / "annotations"
+    (in_tmp / "fast3d.toml").write_text(f'[data]\nroot = "{root}"\n')
+    code, stdout, _ = fast3d(capsys, "config", "show")
+    assert code == 0
+    (line,) = [line for line in stdout.splitlines() if line.startswith("data.root ")]
+    assert line.split() == ["data.root", str(root), "fast3d.toml"], line
