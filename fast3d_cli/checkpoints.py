@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 import types
 import warnings
 from pathlib import Path
@@ -133,3 +134,33 @@ def load_checkpoint(path: Path, trust: bool = False) -> Any:
         ) from None
     except Exception as err:  # any failure of an untrusted file is a user-facing error, not a traceback
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+
+
+def load_training_state_file(path: Path) -> Any:
+    """A training-state file that accelerate's ``save_state`` wrote (``optimizer.bin``, ``scheduler.bin``,
+    ``random_states_N.pkl``, ...), read the way ``accelerate.Accelerator.load_state`` reads it: ``torch.load``
+    with ``weights_only=True``, which allows tensors, containers and accelerate's own globals for NumPy RNG
+    states, and nothing that calls code. There is no ``--trust-checkpoint`` for these: fast3d wrote them.
+    :class:`CheckpointError` with the reason (random bytes, a truncated file, a pickle that calls code).
+    """
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        with quiet_torch_load():
+            return accelerate_load(str(path), map_location="cpu")
+    except Exception as err:  # any failure of the file is the user's error line, never a traceback
+        reason = _weights_only_reason(err)
+        raise CheckpointError(f"{path} cannot be read as a training state: {reason}") from None
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, from its long message: the global a pickle would call,
+    or the unpickler's complaint about bytes that are no pickle."""
+    text = str(err)
+    called = re.search(r"unsupported GLOBAL (\S+)", text, re.IGNORECASE)
+    if called:
+        return f"it would call {called.group(1)}, which could run arbitrary code"
+    complaint = re.search(r"Unpickler error:\s*(.+)", text)
+    if complaint:
+        return f"not a pickle of tensors ({complaint.group(1).strip()})"
+    return _first_line(err)

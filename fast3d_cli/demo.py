@@ -16,7 +16,6 @@ from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.evaluation.paper_table import paper_rows, row_slug
-from fast3d_cli.metrics.ratio import format_score_ratio
 
 Log = Callable[[str], None]
 
@@ -54,6 +53,7 @@ def run_demo(
     from fast3d_cli.gap.predict import PredictSettings, predict
     from fast3d_cli.gap.training import TrainSettings, train_gap
     from fast3d_cli.generation import GenerationConfig
+    from fast3d_cli.metrics.ratio import format_score_ratio
     from fast3d_cli.models.loading import ModelSource, resolve_device
     from fast3d_cli.pruning.alpha_search import search_alpha
     from fast3d_cli.pruning.methods import PruningSettings

@@ -97,3 +97,84 @@ def test_eval_and_extract_refuse_a_hostile_checkpoint(capsys, data_config, tmp_p
         lines = stderr.strip().splitlines()
         assert lines[-1].startswith("fast3d: error:") and "posix.system" in lines[-1], stderr
         assert sum(line.startswith("fast3d: error:") for line in lines) == 1 and "Traceback" not in stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train-gap's resume reads accelerate's state files: a damaged or hostile one is refused in one line
+
+
+@pytest.fixture(scope="module")
+def interrupted_gap_run(tiny_model, data_config, tmp_path_factory) -> tuple[list[str], Path]:
+    """A tiny train-gap run whose record says unfinished: a rerun resumes from its last checkpoint."""
+    import json
+
+    from fast3d_cli.cli.app import run
+
+    from .test_gap_train import build_gap_inputs, train_args
+
+    inputs = build_gap_inputs(tiny_model, data_config, tmp_path_factory)
+    out = tmp_path_factory.mktemp("resume") / "gap"
+    args = train_args(inputs, data_config, out, "--epochs", "1", "--limit", "8", "--no-val")
+    assert run(args) == 0
+    record = json.loads((out / "training.json").read_text())
+    (out / "training.json").write_text(json.dumps({**record, "complete": False}))
+    return args, out
+
+
+def _hostile(marker: Path):
+    return lambda path: torch.save({"state": {}, "param_groups": [RunsACommand(marker)]}, path)
+
+
+DAMAGES = {
+    "random bytes": lambda path: path.write_bytes(os.urandom(4096)),
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[:200]),
+    "empty": lambda path: path.write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("optimizer.bin", "random bytes"),
+        ("optimizer.bin", "calls code"),
+        ("scheduler.bin", "truncated"),
+        ("random_states_0.pkl", "calls code"),
+        ("random_states_0.pkl", "empty"),
+        ("model.safetensors", "random bytes"),
+    ],
+)
+def test_resume_refuses_a_damaged_training_state(capsys, interrupted_gap_run, tmp_path, name, damage) -> None:
+    import shutil
+
+    args, template = interrupted_gap_run
+    out = tmp_path / "gap"
+    shutil.copytree(template, out)
+    (checkpoint,) = (out / "checkpoints").glob("step-*")
+    marker = tmp_path / "PWNED"
+    (_hostile(marker) if damage == "calls code" else DAMAGES[damage])(checkpoint / name)
+    before = sorted(p.name for p in out.rglob("*"))
+    code, stdout, stderr = fast3d(capsys, *[str(out) if a == str(template) else a for a in args])
+    assert code == 2 and stdout == "" and stderr.count("fast3d: error:") == 1, stderr
+    line = stderr.splitlines()[-1]
+    assert line.startswith("fast3d: error: cannot resume: ") and str(checkpoint / name) in line, line
+    assert "--overwrite" in line and f"delete {checkpoint}" in line, line
+    assert "Traceback" not in stderr and not marker.exists()
+    if damage == "calls code":
+        assert "system, which could run arbitrary code" in line, line
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing removed or written
+
+
+def test_overwrite_starts_over_from_a_damaged_checkpoint(capsys, interrupted_gap_run, tmp_path) -> None:
+    import json
+    import shutil
+
+    args, template = interrupted_gap_run
+    out = tmp_path / "gap"
+    shutil.copytree(template, out)
+    (checkpoint,) = (out / "checkpoints").glob("step-*")
+    (checkpoint / "optimizer.bin").write_bytes(os.urandom(512))
+    run_args = [str(out) if a == str(template) else a for a in args]
+    code, stdout, stderr = fast3d(capsys, *run_args, "--overwrite", "--json")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["complete"] and result["resumed_from_step"] is None and result["trained_steps"] > 0

@@ -34,6 +34,7 @@ BAD_INVOCATIONS = [
     ["eval", "--repetition-penalty", "0"],
     ["eval", "--scan2cap-sos-eos", "both"],
     ["eval", "-o", "/dev/null/x"],
+    ["eval", "-o", "/proc/x"],
     ["eval", "--tasks", "scanqa,nope"],
     ["eval", "--bootstrap", "-1"],
     ["eval", "--bootstrap-seed", "-2"],
@@ -41,6 +42,9 @@ BAD_INVOCATIONS = [
     ["extract", "--dtype", "int8"],
     ["extract", "--device", "tpu"],
     ["extract", "-o", "/dev/null/m.zarr"],
+    ["extract", "-o", "/proc/x.zarr"],
+    ["predict", "gap", "-o", "/proc/p.zarr"],
+    ["train-gap", "maps.zarr", "-o", "/sys/gap"],
     ["train-gap", "maps.zarr", "--select-on", "bogus"],
     ["train-gap", "maps.zarr", "--mixed-precision", "fp8"],
     ["train-gap", "maps.zarr", "--limit", "0"],
@@ -101,9 +105,14 @@ def test_values_from_fast3d_toml_name_their_source(capsys, tmp_path: Path, monke
     code, _, stderr = fast3d(capsys, "eval")
     assert code == 2 and stderr.count("\n") == 1, stderr
     assert "--limit" in stderr and "fast3d.toml [defaults.eval] limit = 0" in stderr, stderr
+    # the whole file is checked before any command runs: a flag does not hide a bad value in it
+    code, _, stderr = fast3d(capsys, "info", "x.zarr")
+    assert code == 2 and "fast3d.toml [defaults.eval] limit = 0" in stderr, stderr
+    Path("fast3d.toml").write_text('[defaults.eval]\nmethod = "bogus"\n')
     code, _, stderr = fast3d(capsys, "eval", "--limit", "3")
     assert code == 2 and stderr.count("\n") == 1, stderr
     assert "unknown --method 'bogus'" in stderr and "[defaults.eval] method = 'bogus'" in stderr, stderr
+    Path("fast3d.toml").write_text('[defaults.eval]\nmethod = "random"\n')
     code, _, stderr = fast3d(capsys, "eval", "--limit", "3", "--method", "nonsense")  # the flag: no file note
     assert code == 2 and "unknown --method 'nonsense'" in stderr and "fast3d.toml" not in stderr, stderr
 
@@ -124,3 +133,28 @@ def test_empty_stdin_says_no_path(capsys, monkeypatch, command: str) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
     code, stdout, stderr = fast3d(capsys, command, "-")
     assert code == 2 and stdout == "" and "no path on stdin" in stderr, stderr
+
+
+HEAVY_MODULES = ("torch", "transformers", "scipy", "zarr", "matplotlib", "numpy", "accelerate",
+                 "pycocoevalcap")
+
+
+def test_help_and_version_import_no_heavy_module() -> None:
+    """--help (of fast3d and of every command) and --version are instant: none of the heavy libraries load."""
+    probe = (
+        "import json, sys, typer\n"
+        "from fast3d_cli.cli.app import app, run\n"
+        "from fast3d_cli.cli.config_file import commands_of\n"
+        "runs = [['--help'], ['--version']]\n"
+        "runs += [[*name, '--help'] for name in commands_of(typer.main.get_command(app))]\n"
+        "codes = [run(args) for args in runs]\n"
+        f"print(json.dumps([codes, sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    codes, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert set(codes) == {0} and loaded == [], (codes, loaded)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fast3d_cli", "--help"], capture_output=True, text=True
+    )
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert done.returncode == 0 and not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))

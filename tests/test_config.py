@@ -88,3 +88,75 @@ def test_every_command_help_has_a_runnable_example(capsys) -> None:
         code, stdout, _ = fast3d(capsys, *name, "--help")
         assert code == 0
         assert "Example" in stdout and "fast3d " + " ".join(name) in stdout, name
+
+
+# Each case: a fast3d.toml, and the part of the one error line that names its file, table, key and problem.
+BAD_VALUES = [
+    ("[data]\nroot = 5\n", "fast3d.toml [data] root = 5: must be a non-empty path string"),
+    ('[data]\nmax_obj_num = "x"\n', "fast3d.toml [data] max_obj_num = 'x': must be an integer >= 1"),
+    ("[data]\nmax_obj_num = 0\n", "fast3d.toml [data] max_obj_num = 0: must be an integer >= 1"),
+    ("[data]\ntasks = 5\n", "fast3d.toml [data] tasks = 5: unknown key; valid: root,"),
+    ('[data]\nfeats_3d = "f{x}.pt"\n', "feats_3d = 'f{x}.pt': may hold no {placeholder} other than {split}"),
+    ("data = 3\n", "fast3d.toml [data]: must be a table"),
+    ("[model]\nmodel = 5\n", "fast3d.toml [model] model = 5: invalid --model: must be a path string"),
+    ('[model]\nlora_alpha = "x"\n', "[model] lora_alpha = 'x': invalid --lora-alpha: must be a number"),
+    ("[defaults.eval]\ntasks = 5\n", "tasks = 5: invalid --tasks: must be a string, got an integer"),
+    ('[defaults.eval]\ntasks = "scanqa,nope"\n', "'scanqa,nope': invalid --tasks: unknown task 'nope'"),
+    ('[defaults.eval]\nbatch-size = "8"\n', "'8': invalid --batch-size: must be an integer, got a"),
+    ("[defaults.eval]\nbatch-size = [1]\n", "[1]: invalid --batch-size: must be an integer, got an"),
+    ("[defaults.eval]\noverwrite = 1\n", "overwrite = 1: invalid --overwrite: must be true or false"),
+    ("[defaults.train-gap]\nholdout = 2\n", "holdout = 2: invalid --holdout: input should be less"),
+    ('[defaults.eval]\ndevice = "tpu"\n', "[defaults.eval] device = 'tpu': --device must be"),
+    ('[defaults.eval]\ndtype = "int8"\n', "[defaults.eval] dtype = 'int8': unknown --dtype 'int8'"),
+    ("[defaults.eval]\nratio = 300\n", "[defaults.eval] ratio = 300: --ratio must be in [0, 100)"),
+    ('[defaults.eval]\ngranularity = "x"\n', "[defaults.eval] granularity = 'x': unknown --granularity"),
+    ('[defaults.info]\nstore = "x"\n', "[defaults.info] store = 'x': store is an argument"),
+]
+
+# Writes each file, runs eval and extract in this one process, and reports whether torch was imported.
+BAD_VALUES_PROBE = """
+import json, sys
+from pathlib import Path
+from fast3d_cli.cli.app import run
+for text in json.loads(sys.argv[1]):
+    Path("fast3d.toml").write_text(text)
+    for args in (["eval", "--limit", "1"], ["extract", "--limit", "1"]):
+        code = run(args)
+        print(json.dumps({"code": code, "torch": "torch" in sys.modules}), flush=True)
+"""
+
+
+def test_every_key_of_every_table_is_checked_before_anything_loads(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    texts = [text for text, _ in BAD_VALUES]
+    done = subprocess.run(
+        [sys.executable, "-c", BAD_VALUES_PROBE, json.dumps(texts)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    errors = done.stderr.splitlines()
+    assert len(reports) == len(errors) == 2 * len(BAD_VALUES), done.stderr
+    for i, (report, error) in enumerate(zip(reports, errors, strict=True)):
+        expected = BAD_VALUES[i // 2][1]
+        assert report == {"code": 2, "torch": False} and error.startswith("fast3d: error: "), (report, error)
+        assert expected in error, (expected, error)
+
+
+def test_config_show_checks_the_file_too(capsys, in_tmp) -> None:
+    (in_tmp / "fast3d.toml").write_text("[data]\nmax_obj_num = 0\n")
+    code, stdout, stderr = fast3d(capsys, "config", "show")
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "fast3d.toml [data] max_obj_num = 0: must be an integer >= 1" in stderr
+
+
+def test_config_show_into_a_file_keeps_whole_values(capsys, in_tmp) -> None:
+    """stdout is no terminal (capsys, a file, a pipe): values are never wrapped or cut at 80 columns."""
+    root = in_tmp / ("a-long-folder-name-" * 6) / "annotations"
+    (in_tmp / "fast3d.toml").write_text(f'[data]\nroot = "{root}"\n')
+    code, stdout, _ = fast3d(capsys, "config", "show")
+    assert code == 0
+    (line,) = [line for line in stdout.splitlines() if line.startswith("data.root ")]
+    assert line.split() == ["data.root", str(root), "fast3d.toml"], line

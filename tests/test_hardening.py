@@ -169,7 +169,7 @@ def test_info_verifies_the_chunks_it_reports(capsys, inputs, tmp_path: Path, how
     """info said "complete: yes" for a store whose score chunk was damaged; search-alpha then refused it."""
     store = copy(inputs["maps"], tmp_path / "info.zarr")
     code, _, stderr = fast3d(capsys, "info", str(store))
-    assert code == 0 and "written chunk files verified" in stderr, stderr
+    assert code == 0 and "written chunk files verified" in stderr and "warning" not in stderr, stderr
     chunk = store / "scanqa/val/object_scores/c/1/0"
     data = bytearray(chunk.read_bytes())
     if how == "bit-flip":
@@ -258,6 +258,13 @@ def test_nan_and_inf_maps(capsys, inputs, model_dir: Path, data_config, tmp_path
     store = copy(inputs["maps"], tmp_path / "nan.zarr")
     _rewrite(store, "scanqa", "val", 2, float("nan"))
     _rewrite(store, "scanqa", "train", 5, float("inf"))
+    code, stdout, stderr = fast3d(capsys, "info", str(store), "--json")  # complete, but not usable: said so
+    groups = {f"{g['task']}/{g['split']}": g for g in json.loads(stdout)["groups"]}
+    assert code == 0 and all(g["complete"] for g in groups.values())
+    assert groups["scanqa/val"]["nonfinite_samples"] == groups["scanqa/train"]["nonfinite_samples"] == 1
+    code, _, stderr = fast3d(capsys, "info", str(store))
+    assert code == 0 and "fast3d: warning: 2 samples have NaN or infinite maps (" in stderr, stderr
+    assert "scanqa/train 1" in stderr and "scanqa/val 1" in stderr
     refused(capsys, "search-alpha", str(store), message="scanqa/val: 1 samples have NaN scores (rows [2])")
     args = eval_args(model_dir, root, tmp_path / "eval", *ORACLE, "--maps", str(store))
     refused(capsys, *args, message="has NaN or infinite object_scores for 1 of the samples to evaluate")

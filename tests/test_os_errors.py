@@ -133,3 +133,28 @@ def test_unwritable_outputs_are_one_line_and_damage_nothing(
     assert report["same_store"], "a failed write changed the store"
     assert all(report["same_files"].values()), report["same_files"]
     assert report["leftovers"] == [], report["leftovers"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc and /sys")
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["eval", "-o", "/proc/x"], "--output /proc/x"),
+        (["eval", "-m", "random", "--keep", "3", "-o", "ok", "--baseline", "/sys/b"], "--baseline /sys/b"),
+        (["extract", "-o", "/proc/x.zarr"], "--output /proc/x.zarr"),
+        (["predict", "gap", "-o", "/proc/new/p.zarr"], "--output /proc/new/p.zarr"),
+        (["train-gap", "maps.zarr", "-o", "/sys/gap"], "--output /sys/gap"),
+        (["demo", "-o", "/proc/demo"], "--output /proc/demo"),
+        (["report", "r", "-o", "/sys/kernel/report"], "--output /sys/kernel/report"),
+        (["sample", "build-world", "-o", "/proc/world"], "--output /proc/world"),
+    ],
+)
+def test_outputs_where_nothing_can_be_created_are_refused_first(capsys, tmp_path, monkeypatch, args, option):
+    """/proc and /sys pass a permission check (root may write there) but refuse every mkdir: the refusal is
+    the first thing a command does, one line naming the option (tests/test_cli_options.py: before torch)."""
+    from .conftest import fast3d
+
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = fast3d(capsys, *args)
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"fast3d: error: cannot create {option}: nothing can be created in "), stderr

@@ -78,6 +78,26 @@ def test_phases_and_heartbeat() -> None:
     assert BAR.match(lines(stream)[-1]) and "3/50" in lines(stream)[-1]
 
 
+def test_the_demo_counts_training_in_steps_among_samples() -> None:
+    """The demo's reporter counts samples; its train-gap bar counts optimizer steps and says so."""
+    from types import SimpleNamespace
+
+    from fast3d_cli.cli.progress import training_progress
+
+    clock = Clock()
+    stream = io.StringIO()
+    progress = ProgressReporter("demo", stream=stream, terminal=False, clock=clock)
+    progress.update("scanqa/val", 0, 10)
+    clock.now += 2
+    progress.update("scanqa/val", 10, 10)
+    event = SimpleNamespace(phase="train", step=0, total_steps=40, epoch=1, epochs=2, loss=None, lr=None)
+    training_progress(progress)(event)
+    clock.now += 4
+    training_progress(progress)(SimpleNamespace(**{**vars(event), "step": 20}))
+    assert "10/10 (100%), 5 samples/s" in lines(stream)[1], lines(stream)
+    assert "train 20/40 (50%), 5 steps/s" in lines(stream)[-1], lines(stream)
+
+
 def test_disabled_reporter_prints_nothing() -> None:
     stream = io.StringIO()
     with ProgressReporter("extract", stream=stream, terminal=False, enabled=False) as progress:

@@ -77,14 +77,21 @@ def test_file_url_across_processes_and_ranks_without_work(capsys, inputs, data_c
 
 
 def test_memory_stores_through_every_stage(capsys, inputs, data_config, tmp_path, memory_root) -> None:
+    capsys_err: list[str] = []
+
     def ok(*args: str) -> str:
         code, stdout, stderr = fast3d(capsys, *args)
         assert code == 0, stderr
+        capsys_err.append(stderr)
         return stdout
 
     maps, pred = f"{memory_root}/maps.zarr", f"{memory_root}/pred.zarr"
     data = ("--data-root", str(data_config.root))
     ok("extract", "--model", str(inputs["model"]), *data, "-o", maps, "--tasks", "scanrefer")
+    warning = f"fast3d: warning: --output {maps} is held in this process's memory and is gone when it exits"
+    assert [line for line in capsys_err[-1].splitlines() if "warning" in line] == [
+        warning + "; give a path or a persistent URL to keep it"
+    ], capsys_err[-1]
     ok("extract", "--model", str(inputs["model"]), *data, "-o", maps, "--tasks", "scanrefer")  # resumes
     summary = json.loads(ok("info", maps, "--json"))
     assert summary["path"] == maps and [g["complete"] for g in summary["groups"]] == [True, True]
@@ -94,6 +101,7 @@ def test_memory_stores_through_every_stage(capsys, inputs, data_config, tmp_path
     assert record["stores"][0]["path"] == maps and record["complete"]
 
     ok("predict", str(tmp_path / "gap"), *data, "-o", pred, "--tasks", "scanrefer", "--limit", "6")
+    assert f"fast3d: warning: --output {pred} is held in this process's memory" in capsys_err[-1]
     ok("search-alpha", pred, "--target", "50", "--tasks", "scanrefer")
     alpha = open_store(pred).attrs["sap"]["alpha"]
     common = ["eval", "--model", str(inputs["model"]), *data, "--tasks", "scanrefer", "--limit", "6"]

@@ -142,7 +142,18 @@ def store_output(value: str | Path, option: str = "--output"):
         check_output_location(location.local, option)
     else:
         location.exists()
+        warn_if_in_memory(location, option)
     return location
+
+
+def warn_if_in_memory(location: Any, option: str) -> None:
+    """One stderr line for a ``memory://`` output: it lives in this process and is gone when it exits."""
+    if str(location.url or "").lower().startswith("memory://"):
+        print(
+            f"fast3d: warning: {option} {location} is held in this process's memory and is gone when it "
+            "exits; give a path or a persistent URL to keep it",
+            file=sys.stderr,
+        )
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -183,4 +194,18 @@ def check_output_location(path: Path, option: str = "--output") -> Path:
         read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
         why = "is on a read-only file system" if read_only else "is not writable"
         raise UserError(f"cannot create {option} {path}: {parent} {why}")
+    probe_folder(parent, f"cannot create {option} {path}")
     return path
+
+
+def probe_folder(parent: Path, refusal: str) -> None:
+    """Create and remove a folder in ``parent``: permissions say yes on ``/proc`` and ``/sys``, and on
+    some mounts, where creating anything fails; :class:`UserError` starting with ``refusal`` then."""
+    import tempfile
+
+    from fast3d_cli.errors import UserError
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fast3d-probe-", dir=parent))
+    except OSError as err:
+        raise UserError(f"{refusal}: nothing can be created in {parent} ({err.strerror or err})") from None

@@ -75,6 +75,9 @@ def show_command(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    if not sys.stdout.isatty():  # a file or a pipe: whole values, never wrapped or cut at a console width
+        sys.stdout.write(plain_table(rows, ("setting", "value", "source")))
+        return
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -85,3 +88,11 @@ def show_command(
     for row in rows:
         table.add_row(*(escape(row[k]) for k in ("setting", "value", "source")))
     Console().print(table)
+
+
+def plain_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """``rows`` as aligned text columns, one line per row, nothing cut (for files and pipes)."""
+    widths = [max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns]
+    lines = [list(columns), *([str(r[c]) for c in columns] for r in rows)]
+    padded = ("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return "".join(line + "\n" for line in padded)

@@ -101,8 +101,12 @@ class FileDefaults:
 
 
 def load_defaults(path: Path | None, root: Command) -> FileDefaults:
-    """Read ``[model]`` and ``[defaults.<command>]`` of ``path`` into per-command option defaults."""
-    from fast3d_cli.data.config import read_toml
+    """Read ``[model]`` and ``[defaults.<command>]`` of ``path`` into per-command option defaults.
+
+    Every key of every table is checked here, before any command runs: ``[data]`` against
+    :class:`~fast3d_cli.data.config.DataConfig`, the others against the option they set (type, range,
+    allowed values). A bad one is one :class:`UserError` naming the file, the table and the key."""
+    from fast3d_cli.data.config import data_table, read_toml
 
     found = FileDefaults(path)
     if path is None:
@@ -111,23 +115,78 @@ def load_defaults(path: Path | None, root: Command) -> FileDefaults:
     unknown = sorted(set(table) - {"data", "model", "defaults"})
     if unknown:
         raise UserError(f"{path}: unknown table(s) {', '.join(unknown)}; valid: data, model, defaults")
+    for name in ("model", "defaults"):
+        if not isinstance(table.get(name, {}), dict):
+            raise UserError(f"{path} [{name}]: must be a table, got {table[name]!r}")
+    data_table(path, table)
     commands = commands_of(root)
     model = table.get("model", {})
     bad = sorted(set(model) - set(MODEL_KEYS))
     if bad:
         raise UserError(f"{path}: unknown [model] key(s) {', '.join(bad)}; valid: {', '.join(MODEL_KEYS)}")
-    for name, command in commands.items():
-        params = {p.name for p in command.params}
-        for key, value in model.items():
-            if key in params:
+    for key, value in model.items():
+        where = f"{path} [model] {key} = {value!r}"
+        for name, command in commands.items():
+            if key in {p.name for p in command.params}:
+                checked_value(command, key, value, where)
                 resolved = str((path.parent / value).resolve()) if key in PATH_KEYS else value
-                found.set(name, key, resolved, f"{path} [model] {key} = {value!r}")
+                found.set(name, key, resolved, where)
     for command_name, values in _command_tables(table.get("defaults", {}), commands, path):
         table_name = f"[defaults.{'.'.join(command_name)}]"
         for key, value in values.items():
             param = _param_name(commands[command_name], key)
-            found.set(command_name, param, value, f"{path} {table_name} {key} = {value!r}")
+            where = f"{path} {table_name} {key} = {value!r}"
+            found.set(command_name, param, checked_value(commands[command_name], param, value, where), where)
     return found
+
+
+# TOML kinds a value of each option annotation may be written as (3 is a fine float; "3" is no integer)
+_TOML_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,),
+                                            Path: (str,)}  # fmt: skip
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               Path: "a path string"}  # fmt: skip
+
+
+def checked_value(command: Command, param_name: str, value: Any, where: str) -> Any:
+    """``value`` from ``fast3d.toml`` for option ``param_name`` of ``command``, checked as the flag would be
+    (TOML kind, type and range, then the option's allowed values); :class:`UserError` naming ``where``."""
+    from fast3d_cli.cli.option_values import option_value_problem
+
+    param = next(p for p in command.params if p.name == param_name)
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = _TOML_KINDS.get(annotation)
+    if not is_option(param):
+        raise UserError(f"{where}: {param_name} is an argument, not an option; give it on the command line")
+    problem = None
+    wrong_kind = isinstance(value, bool) and annotation is not bool
+    if kinds is not None and (wrong_kind or not isinstance(value, kinds)):
+        problem = f"must be {_KIND_NAMES[annotation]}, got {_toml_kind(value)}"
+    problem = problem or _coercion_problem(command, param, value) or option_value_problem(param_name, value)
+    if problem is not None:
+        option = (param.opts or [param_name])[0]
+        problem = problem[:1].lower() + problem[1:]
+        raise UserError(f"{where}: {problem if option in problem else f'invalid {option}: {problem}'}")
+    return value
+
+
+def _coercion_problem(command: Command, param: Any, value: Any) -> str | None:
+    """What the option's own conversion (type and ``min``/``max``) says about ``value`` (None: fine)."""
+    from fast3d_cli.cli.errors import click_exceptions
+
+    runtime = getattr(param, "get_runtime_param", None)
+    if runtime is None:  # pragma: no cover - a Typer without the runtime-parameter API
+        return None
+    try:
+        runtime().coerce(value, param=param, ctx=command.context_class(command))
+    except click_exceptions.BadParameter as err:
+        return str(err).rstrip(".")
+    return None
+
+
+def _toml_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+             dict: "a table"}  # fmt: skip
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
 
 
 def _command_tables(

@@ -47,20 +47,39 @@ def info_command(
     for key in ("model", "data", "version", "command"):
         console.print(f"  {key}: {summary.get(key)}")
     table = Table()
-    for column in ("task/split", "samples", "written", "chunks", "complete"):
+    for column in ("task/split", "samples", "written", "chunks", "complete", "NaN/inf"):
         table.add_column(column)
     for group in summary["groups"]:
+        bad = group["nonfinite_samples"]
         table.add_row(
             f"{group['task']}/{group['split']}",
             str(group["n_samples"]),
             str(group["written_samples"]),
             group["chunks"],
             "yes" if group["complete"] else "no",
+            "?" if bad is None else (f"[bold red]{bad}[/bold red]" if bad else "0"),
         )
     console.print(table)
     if verify:
         files = sum(group.get("verified_files", 0) for group in summary["groups"])
         console.print(f"checksums: all {files} written chunk files verified")
+        print_nonfinite_warning(summary["groups"])
     else:
-        console.print("checksums: not verified (--no-verify): a damaged chunk file is found when read")
+        unread = "a damaged chunk file, or NaN/inf maps, are found when read"
+        console.print(f"checksums: not verified (--no-verify): {unread}")
     emit(store, None, as_json=False)
+
+
+def print_nonfinite_warning(groups: list[dict]) -> None:
+    """One stderr line when samples have NaN/inf maps: complete is not usable (the stages refuse them)."""
+    import sys
+
+    bad = {f"{g['task']}/{g['split']}": g["nonfinite_samples"] for g in groups if g["nonfinite_samples"]}
+    if bad:
+        where = ", ".join(f"{name} {count}" for name, count in bad.items())
+        total = sum(bad.values())
+        print(
+            f"fast3d: warning: {total} samples have NaN or infinite maps ({where}); search-alpha, train-gap "
+            "and eval refuse them: extract or predict them again into a new store",
+            file=sys.stderr,
+        )

@@ -35,6 +35,7 @@ class _Bar:
     first_done: int
     done: int = 0
     status: str = ""
+    unit: str = ""  # what done counts ("samples", "steps"): this bar's own, else the reporter's
     printed_at: float = field(default=float("-inf"))
     printed_percent: float = -1.0
 
@@ -45,7 +46,7 @@ class _Bar:
     def line(self, now: float, unit: str) -> str:
         percent = 100.0 * self.done / self.total if self.total else 100.0
         rate = self.rate(now)
-        speed = "rate ?" if rate is None else f"{rate:.3g} {unit}/s"
+        speed = "rate ?" if rate is None else f"{rate:.3g} {self.unit or unit}/s"
         if self.done >= self.total:
             eta = f"done in {_duration(now - self.started)}"
         else:
@@ -116,8 +117,9 @@ class ProgressReporter:
             else:
                 self._print(message)
 
-    def update(self, name: str, done: int, total: int, status: str = "") -> None:
-        """Bar ``name`` is at ``done`` of ``total`` (``status``: extra text such as the loss)."""
+    def update(self, name: str, done: int, total: int, status: str = "", unit: str = "") -> None:
+        """Bar ``name`` is at ``done`` of ``total`` (``status``: extra text such as the loss; ``unit``: what
+        it counts when not the reporter's unit, e.g. the demo's training steps among its samples)."""
         if not self.enabled:
             return
         with self._lock:
@@ -125,7 +127,7 @@ class ProgressReporter:
             bar = self._bars.get(name)
             if bar is None or done < bar.done:  # a new counter, or one that starts over
                 bar = self._bars[name] = _Bar(name, total, now, done)
-            bar.done, bar.total, bar.status = done, total, status
+            bar.done, bar.total, bar.status, bar.unit = done, total, status, unit
             self._phase = ""
             if self.terminal:
                 self._rich_update(bar, now)
@@ -201,7 +203,8 @@ class ProgressReporter:
     def _rich_update(self, bar: _Bar, now: float) -> None:
         progress = self._rich_progress()
         rate = bar.rate(now)
-        fields = {"status": bar.status, "rate": "" if rate is None else f"{rate:.3g} {self.unit}/s"}
+        unit = bar.unit or self.unit
+        fields = {"status": bar.status, "rate": "" if rate is None else f"{rate:.3g} {unit}/s"}
         if bar.name not in self._rich_ids:
             self._rich_ids[bar.name] = progress.add_task(bar.name, total=bar.total, **fields)
         progress.update(self._rich_ids[bar.name], completed=bar.done, total=bar.total, **fields)
@@ -231,6 +234,6 @@ def training_progress(reporter: ProgressReporter) -> Callable[[Any], None]:
         if event.phase == "evaluate":
             reporter.phase(f"evaluating after step {event.step} (epoch {event.epoch}/{event.epochs})")
         else:
-            reporter.update("train", event.step, event.total_steps, training_status(event))
+            reporter.update("train", event.step, event.total_steps, training_status(event), unit="steps")
 
     return report

@@ -10,7 +10,6 @@ import typer
 from fast3d_cli.cli.common import check_output_location, emit
 from fast3d_cli.cli.errors import RecordingCommand
 from fast3d_cli.data.config import DataConfig, sample_data_dir
-from fast3d_cli.sample_model.preflight import load_world_spec, prepare_output
 
 app = typer.Typer(help="Rebuild the embedded sample world and its tiny trained model.", no_args_is_help=True)
 
@@ -71,6 +70,7 @@ def train_model(
     """
     from dataclasses import replace
 
+    from fast3d_cli.sample_model.preflight import load_world_spec, prepare_output
     from fast3d_cli.sample_model.recipe import TrainSpec
 
     data = DataConfig().with_overrides(root=data_root)

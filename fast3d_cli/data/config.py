@@ -62,11 +62,42 @@ class DataConfig:
         """Defaults, then the ``[data]`` table of ``path`` (if given), then ``overrides``."""
         config = cls()
         if path is not None:
-            table = read_toml(path).get("data", {})
-            if "root" in table:
-                table = {**table, "root": (path.parent / table["root"]).resolve()}
-            config = config.with_overrides(**table)
+            config = config.with_overrides(**data_table(path, read_toml(path)))
         return config.with_overrides(**overrides)
+
+
+def data_setting_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the ``[data]`` setting ``key`` (None: it can)."""
+    known = [f.name for f in fields(DataConfig)]
+    if key not in known:
+        return f"unknown key; valid: {', '.join(known)}"
+    if key == "max_obj_num":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return "must be an integer >= 1"
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty path string" if key == "root" else "must be a non-empty file name string"
+    if key != "root":
+        try:
+            value.format(split="train")
+        except (KeyError, IndexError, ValueError):
+            return "may hold no {placeholder} other than {split}"
+    return None
+
+
+def data_table(path: Path, toml: dict[str, Any]) -> dict[str, Any]:
+    """The checked ``[data]`` table of the config file ``path`` (read as ``toml``), ``root`` resolved
+    against the file's folder. A bad value is one :class:`UserError` naming the file, table and key."""
+    table = toml.get("data", {})
+    if not isinstance(table, dict):
+        raise UserError(f"{path} [data]: must be a table, got {table!r}")
+    for key, value in table.items():
+        problem = data_setting_problem(key, value)
+        if problem is not None:
+            raise UserError(f"{path} [data] {key} = {value!r}: {problem}")
+    if "root" in table:
+        table = {**table, "root": (path.parent / table["root"]).resolve()}
+    return table
 
 
 def read_toml(path: Path) -> dict[str, Any]:

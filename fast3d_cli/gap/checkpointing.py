@@ -6,6 +6,10 @@ rank's RNG states: Python, NumPy, torch, CUDA) and ``training_state.json`` (step
 epoch, best selection value, metrics lines logged, every rank's running loss, and the run identity). It is
 written under ``step-XXXXXXXX.partial`` and renamed when every rank has written its part, so a kill at any
 moment leaves the previous checkpoint intact; then the older ones are removed.
+
+Before a resume every file of the checkpoint is read the way accelerate reads it (``weights_only`` pickles,
+safetensors): a damaged or hostile file is refused in one line naming it, with the way out (``--overwrite``
+or deleting the checkpoint), instead of an unpickling traceback half-way into the resume.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from fast3d_cli.data.formats import write_text_atomic
+from fast3d_cli.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
 CHECKPOINT_FORMAT = "fast3d-gap-training/accelerate"
+PICKLED_STATE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")  # what accelerate's load_state reads with torch.load
 
 
 @dataclass
@@ -105,6 +111,28 @@ class Checkpoints:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
+    def resumable(self) -> Path | None:
+        """The checkpoint a resume would load: the newest complete one with a fast3d training state."""
+        for path in self.complete():
+            record = _read_json(path / STATE_FILE)
+            if record is not None and record.get("format") == CHECKPOINT_FORMAT:
+                return path
+        return None
+
+    def check_resumable(self, overwrite: bool) -> bool:
+        """Read every file of the checkpoint a resume would load. Damaged: True with ``overwrite`` (start the
+        run over), else :class:`CheckpointError` naming the file. False: nothing to resume, or it is sound."""
+        path = self.resumable()
+        if path is None:
+            return False
+        try:
+            check_state_files(path)
+        except CheckpointError as err:
+            if overwrite:
+                return True
+            raise CheckpointError(f"cannot resume: {err}; {_way_out(path)}") from None
+        return False
+
     def restore(self, accelerator: Any) -> TrainingState | None:
         """Load the newest checkpoint that this process can resume from into the prepared objects (model,
         optimizer, scheduler, RNG states); returns where training stands, or None when there is none."""
@@ -116,10 +144,39 @@ class Checkpoints:
             losses = record.get("rank_losses") or []
             if rank >= len(losses) or not (path / f"random_states_{rank}.pkl").is_file():
                 continue  # accelerate would skip the missing RNG states silently: the resume would differ
-            accelerator.load_state(str(path))
+            try:
+                check_state_files(path)
+                accelerator.load_state(str(path))
+            except CheckpointError as err:
+                raise CheckpointError(f"cannot resume: {err}; {_way_out(path)}") from None
+            except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:  # another run's state
+                raise CheckpointError(f"cannot resume from {path}: {err}; {_way_out(path)}") from None
             fields = {k: record[k] for k in ("step", "epoch", "batch", "best", "metrics_lines")}
             return TrainingState(**fields, loss=list(losses[rank]))
         return None
+
+
+def _way_out(path: Path) -> str:
+    return f"pass --overwrite to start the run over, or delete {path}"
+
+
+def check_state_files(path: Path) -> None:
+    """Read every file of checkpoint ``path`` the way ``accelerate``'s ``load_state`` will: the pickles with
+    ``weights_only`` (:func:`fast3d_cli.checkpoints.load_training_state_file`), the weights with safetensors.
+    :class:`CheckpointError` naming the first file that fails."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from fast3d_cli.checkpoints import load_training_state_file
+
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".safetensors":
+            try:
+                load_file(str(file))
+            except (SafetensorError, OSError, ValueError) as err:
+                raise CheckpointError(f"{file} cannot be read as safetensors weights: {err}") from None
+        elif file.suffix in PICKLED_STATE_SUFFIXES:
+            load_training_state_file(file)
 
 
 def _gather(accelerator: Any, obj: Any) -> list[Any]:

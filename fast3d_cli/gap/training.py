@@ -768,6 +768,8 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> di
         return {"overwrite": True}
     if record is not None and record.get("complete") and found == identity:
         return record
+    if Checkpoints(out).check_resumable(overwrite):  # damaged: refused, or --overwrite starts over
+        return {"overwrite": True}
     return None
 
 

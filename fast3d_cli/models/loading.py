@@ -12,6 +12,28 @@ from fast3d_cli.evaluation.fingerprint import files_fingerprint
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def path_kind(path: Path) -> str:
+    """What ``path`` is, in words ("a folder", "a character device" ...), for error lines."""
+    import stat
+
+    mode = path.stat().st_mode
+    kinds = (
+        (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+    )  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_model_path(option: str, path: Path, folder: bool) -> None:
+    """``path`` given as ``option`` exists and is a folder (``folder``) or a regular file, else one line."""
+    if not path.exists():
+        raise UserError(f"model path not found: {path}")
+    if folder and not path.is_dir():
+        raise UserError(f"{option} {path} is {path_kind(path)}, not a folder (one with config.json)")
+    if not folder and not path.is_file():
+        raise UserError(f"{option} {path} is {path_kind(path)}, not a checkpoint file (.pth)")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Either ``model_dir`` (config.json + model.safetensors + tokenizer) or ``checkpoint`` + ``base_llm``.
@@ -30,9 +52,12 @@ class ModelSource:
             raise UserError("--checkpoint needs --base-llm (the local Hugging Face folder of the base LLM)")
         if self.checkpoint is None and self.model_dir is None:
             raise UserError("give --model DIR or --checkpoint FILE --base-llm DIR")
-        for path in (self.model_dir, self.checkpoint, self.base_llm):
-            if path is not None and not Path(path).exists():
-                raise UserError(f"model path not found: {path}")
+        for option, path, folder in (
+            ("--model", self.model_dir, True), ("--checkpoint", self.checkpoint, False),
+            ("--base-llm", self.base_llm, True),
+        ):  # fmt: skip
+            if path is not None:
+                check_model_path(option, Path(path), folder)
 
     def files(self) -> list[Path]:
         if self.checkpoint is not None:
@@ -64,9 +89,11 @@ class ModelSource:
         return str(self.model_dir)
 
     def fingerprint(self) -> str:
-        missing = [p for p in self.files() if not p.is_file()]
-        if missing:
-            raise UserError(f"model file not found: {missing[0]}")
+        for path in self.files():
+            if not path.exists():
+                raise UserError(f"model file not found: {path}")
+            if not path.is_file():
+                raise UserError(f"model file {path} is {path_kind(path)}, not a regular file")
         return files_fingerprint(self.files()) + (f"-alpha{self.lora_alpha}" if self.lora_alpha else "")
 
     def load(self, device: str = "auto", dtype: str = "auto") -> Any:

@@ -301,21 +301,30 @@ class MapGroup:
     def verify(self, chunks: set[int] | None = None) -> int:
         """Decode every array's file of the complete chunks (or ``chunks``), checking their CRC32C checksums;
         a damaged one raises :class:`StoreError` naming the file. Returns the number of files checked."""
+        return self.verify_and_count_nonfinite(chunks)[0]
+
+    def verify_and_count_nonfinite(self, chunks: set[int] | None = None) -> tuple[int, int]:
+        """:meth:`verify`, also counting the written samples with a NaN or infinite value in any score array
+        (the stages refuse those maps). Returns (files checked, non-finite samples)."""
         chunks = self.completed_chunks() if chunks is None else chunks
-        checked = 0
+        checked, bad_rows = 0, set()
         for name in self.array_names():
             if name not in KNOWN_ARRAYS:
                 continue
             array = self.array(name)
             for chunk in sorted(chunks):
                 start, stop = self.chunk_bounds(chunk)
-                array[start:stop]
+                block = array[start:stop]
                 checked += 1
-        return checked
+                if name != "sample_index" and np.issubdtype(block.dtype, np.floating):
+                    finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+                    bad_rows.update(start + int(i) for i in np.flatnonzero(~finite))
+        return checked, len(bad_rows)
 
     def summary(self, verify: bool = False) -> dict[str, Any]:
         done = self.completed_chunks()
         written = sum(self.chunk_bounds(c)[1] - self.chunk_bounds(c)[0] for c in done)
+        checked = self.verify_and_count_nonfinite(done) if verify else None
         return {
             "task": self.task,
             "split": self.split,
@@ -324,7 +333,9 @@ class MapGroup:
             "chunks": f"{len(done)}/{self.n_chunks}",
             "complete": len(done) == self.n_chunks,
             "arrays": self.array_names(),
-            **({"verified_files": self.verify(done)} if verify else {}),
+            # samples with NaN/inf scores (None: not read, --no-verify)
+            "nonfinite_samples": None if checked is None else checked[1],
+            **({"verified_files": checked[0]} if checked is not None else {}),
         }
 
 
