@@ -11,7 +11,10 @@ oracle        extracted attention maps (an ``attention`` store)       --keep / -
 oracle+sap    the same                                                --alpha (SAP)
 gap           GAP logits (a ``prediction`` store, or --gap online)    --keep / --ratio
 gap+sap       the same                                                --alpha (SAP, §5.5)
+fastervlm     the vision tower's [CLS] attention (LLaVA family only)  --keep / --ratio
 ============  ======================================================  ===========================
+
+Each method declares the model families it fits (``families``, see :mod:`fast3d_cli.models.families`).
 """
 
 from __future__ import annotations
@@ -38,19 +41,45 @@ class MethodSpec:
     map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
     min_layer: int = 0
     help: str = ""
+    families: tuple[str, ...] = ("chatscene",)  # the model families (fast3d_cli.models.families) it fits
+
+
+ANY_FAMILY = ("chatscene", "llava")
 
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("none", "none", "none", help="dense: no pruning"),
-        MethodSpec("random", "random", "fixed", help="random visual tokens, seeded per sample"),
-        MethodSpec("fastv", "fastv", "fixed", min_layer=1, help="FastV: attention of the last prompt token"),
-        MethodSpec("divprune", "divprune", "fixed", help="DivPrune: max-min diversity of the embeddings"),
+        MethodSpec("none", "none", "none", help="dense: no pruning", families=ANY_FAMILY),
+        MethodSpec(
+            "random", "random", "fixed", help="random visual tokens, seeded per sample", families=ANY_FAMILY
+        ),
+        MethodSpec(
+            "fastv",
+            "fastv",
+            "fixed",
+            min_layer=1,
+            help="FastV: attention of the last prompt token",
+            families=ANY_FAMILY,
+        ),
+        MethodSpec(
+            "divprune",
+            "divprune",
+            "fixed",
+            help="DivPrune: max-min diversity of the embeddings",
+            families=ANY_FAMILY,
+        ),
         MethodSpec("oracle", "maps", "fixed", ("attention",), help="extracted attention maps (upper bound)"),
         MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
         MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
         MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
+        MethodSpec(
+            "fastervlm",
+            "cls",
+            "fixed",
+            help="FasterVLM: [CLS] attention of the vision tower",
+            families=("llava",),
+        ),
     )
 }
 
@@ -110,6 +139,9 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
     """Check the options that do not need any file (exit 2 on a bad value). ``n_layers`` None (the model is
     not loaded yet): every check but the upper bound of ``--layer``."""
     spec = get_method(settings.method)
+    if "chatscene" not in spec.families:  # this module's budgets and scorers are Chat-Scene's
+        fits = ", ".join(n for n, s in METHODS.items() if "chatscene" in s.families)
+        raise UserError(f"--method {spec.name} does not fit Chat-Scene models; methods for chatscene: {fits}")
     if settings.granularity not in GRANULARITIES:
         raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
     check_layer(settings.layer, n_layers)

@@ -1,0 +1,208 @@
+"""``fast3d eval`` and ``fast3d extract`` with ``--model-family llava`` (docs/llava.md).
+
+The commands parse their options and hand them here (:data:`fast3d_cli.models.families.FAMILIES` names
+these handlers). Every option is checked before torch is imported; the model loads last.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fast3d_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class LlavaRun:
+    """What both commands need: the checkpoint, the QA file and the device."""
+
+    model: Path | None
+    qa_file: Path | None
+    limit: int | None
+    device: str
+    dtype: str
+
+
+def refuse_options(given: dict[str, bool]) -> None:
+    """One line for the first option given that the llava family does not read."""
+    for option, is_given in given.items():
+        if is_given:
+            raise UserError(f"{option} does not apply to --model-family llava (see docs/llava.md)")
+
+
+def _prepare(run: LlavaRun) -> tuple[Any, list[Any]]:
+    """(checked source, questions): every file check that needs no model."""
+    from fast3d_cli.cli.common import check_choice, check_device
+    from fast3d_cli.data.image_qa import load_image_qa
+    from fast3d_cli.errors import DataFileError
+    from fast3d_cli.models.llava_loading import LlavaSource
+    from fast3d_cli.models.loading import DTYPES
+
+    check_device(run.device)
+    check_choice("--dtype", run.dtype, DTYPES)
+    if run.model is None:
+        raise UserError("--model-family llava needs --model DIR (a Hugging Face LLaVA checkpoint folder)")
+    if run.qa_file is None:
+        raise UserError(
+            "--model-family llava needs --qa-file FILE (image/video QA JSON Lines, docs/llava.md)"
+        )
+    source = LlavaSource(run.model)
+    samples = load_image_qa(run.qa_file, run.limit)
+    for sample in samples:
+        for frame in sample.frames:
+            if not frame.is_file():
+                raise DataFileError(f"image of question {sample.id!r} not found: {frame}")
+        if sample.is_video != source.is_video:
+            wanted = "videos (Video-LLaVA)" if source.is_video else "images (LLaVA)"
+            raise UserError(f"question {sample.id!r}: this model reads {wanted}; give the other kind of file")
+    return source, samples
+
+
+def resolve_keep(
+    method: str, keep: int | None, ratio: float | None, layer: int, n_layers: int | None, n_visual: int | None
+) -> int | None:
+    """Visual tokens kept per sample (None: dense), checked against the model's depth and image size."""
+    from fast3d_cli.models.families import check_method, get_family
+    from fast3d_cli.pruning.budgets import check_layer, check_ratio, keep_for_ratio
+
+    spec = check_method(get_family("llava"), method)
+    check_layer(layer, n_layers)
+    if layer < spec.min_layer:
+        raise UserError(f"{method} scores tokens with layer K-1 attention: use --layer >= {spec.min_layer}")
+    if spec.budget == "none":
+        if keep is not None or ratio is not None:
+            raise UserError(f"--keep/--ratio do not apply to --method {method}")
+        return None
+    if (keep is None) == (ratio is None):
+        raise UserError(f"--method {method} needs exactly one of --keep or --ratio")
+    if keep is not None and keep < 0:
+        raise UserError(f"--keep must be >= 0, got {keep}")
+    if ratio is not None:
+        check_ratio(ratio)
+        if n_layers is None or n_visual is None:
+            raise UserError("--ratio needs the model's depth and image size in config.json; give --keep")
+        keep = keep_for_ratio(ratio, layer, n_layers, n_visual)
+    if n_visual is not None and keep > n_visual:
+        raise UserError(f"--keep {keep} exceeds the {n_visual} image tokens per sample")
+    return keep
+
+
+def _visual_tokens(source: Any, samples: list[Any]) -> int | None:
+    per_frame = source.patches_per_frame()
+    frames = {len(s.frames) for s in samples}
+    return None if per_frame is None or len(frames) != 1 else per_frame * frames.pop()
+
+
+def _load(source: Any, run: LlavaRun, progress: Any, method: str) -> tuple[Any, Any]:
+    from fast3d_cli.models.llava import cls_attention_layer
+    from fast3d_cli.models.llava_inputs import make_adapter, qa_batch
+
+    progress.phase(f"loading the target model ({source.describe()})")
+    target = source.load(device=run.device, dtype=run.dtype)
+    adapter = make_adapter(target)
+    if method == "fastervlm":
+        try:
+            cls_attention_layer(adapter.model)
+        except ValueError as err:
+            raise UserError(f"--method fastervlm: {err}") from None
+    return adapter, lambda rows: qa_batch(target, rows)
+
+
+def _run(options: dict[str, Any]) -> LlavaRun:
+    return LlavaRun(
+        options["model"], options["qa_file"], options["limit"], options["device"], options["dtype"]
+    )
+
+
+CHATSCENE_ONLY = {  # option -> whether a command's parsed value means the user gave it
+    "--checkpoint": lambda o: o.get("checkpoint") is not None,
+    "--base-llm": lambda o: o.get("base_llm") is not None,
+    "--lora-alpha": lambda o: o.get("lora_alpha") is not None,
+    "--config": lambda o: o.get("config") is not None,
+    "--data-root": lambda o: o.get("data_root") is not None,
+    "--tasks": lambda o: o.get("tasks", "all") != "all",
+    "--maps": lambda o: o.get("maps") is not None,
+    "--gap": lambda o: o.get("gap") is not None,
+    "--alpha": lambda o: o.get("alpha") is not None,
+    "--granularity": lambda o: o.get("granularity", "object") != "object",
+    "--fixed-count": lambda o: bool(o.get("fixed_count")),
+    "--skip-padding": lambda o: bool(o.get("skip_padding")),
+    "--baseline": lambda o: o.get("baseline") is not None,
+    "--keep-layers": lambda o: bool(o.get("keep_layers")),
+}
+
+
+def llava_eval(options: dict[str, Any]) -> None:
+    """``fast3d eval --model-family llava``: ``options`` are the command's parsed options."""
+    from fast3d_cli.cli.common import check_output_location, emit
+    from fast3d_cli.cli.progress import ProgressReporter
+    from fast3d_cli.evaluation.image_qa import ImageQAEvalSettings
+    from fast3d_cli.generation.config import GenerationConfig
+
+    refuse_options({name: given(options) for name, given in CHATSCENE_ONLY.items()})
+    run, method, layer = _run(options), options["method"], options["layer"]
+    source, samples = _prepare(run)
+    keep = resolve_keep(
+        method, options["keep"], options["ratio"], layer, source.n_layers(), _visual_tokens(source, samples)
+    )
+    settings = ImageQAEvalSettings(
+        method=method,
+        keep=keep,
+        layer=layer,
+        seed=options["seed"],
+        batch_size=options["batch_size"],
+        generation=GenerationConfig(
+            num_beams=options["num_beams"],
+            max_new_tokens=options["max_new_tokens"],
+            repetition_penalty=options["repetition_penalty"],
+        ),
+    )
+    output = check_output_location(options["output"] or Path(f"runs/eval-llava-{method}"))
+    identity = {
+        "family": "llava",
+        "model": source.fingerprint(),
+        "qa_file": str(run.qa_file),
+        "limit": run.limit,
+    }
+
+    from fast3d_cli.evaluation.image_qa import run_image_qa_eval
+
+    with ProgressReporter("eval") as progress:
+        adapter, batcher = _load(source, run, progress, method)
+        result = run_image_qa_eval(
+            adapter, batcher, samples, settings, identity, output,
+            overwrite=options["overwrite"], progress=progress.update,
+        )  # fmt: skip
+    for name, value in result["metrics"].items():
+        print(f"{name:>24}  {value:.4f}", file=sys.stderr)
+    emit(output / "metrics.json", result, options["as_json"])
+
+
+def llava_extract(options: dict[str, Any]) -> None:
+    """``fast3d extract --model-family llava``: ``options`` are the command's parsed options."""
+    from fast3d_cli.attention.image_qa_extract import ImageQAExtractSettings
+    from fast3d_cli.cli.common import command_line, emit, store_output
+    from fast3d_cli.cli.progress import ProgressReporter
+
+    refuse_options({name: given(options) for name, given in CHATSCENE_ONLY.items()})
+    if options.get("split", "train,val") != "train,val":
+        raise UserError("--split does not apply to --model-family llava (see docs/llava.md)")
+    run = _run(options)
+    source, samples = _prepare(run)
+    if len({len(s.frames) for s in samples}) != 1:
+        raise UserError("every video of one store needs the same frame count (the maps have one width)")
+    location = store_output(options["output"])
+    fingerprint = source.fingerprint()
+    settings = ImageQAExtractSettings(batch_size=options["batch_size"], chunk_size=options["chunk_size"])
+
+    from fast3d_cli.attention.image_qa_extract import extract_image_qa
+
+    with ProgressReporter("extract") as progress:
+        adapter, batcher = _load(source, run, progress, "none")
+        result = extract_image_qa(
+            adapter, batcher, samples, fingerprint, Path(run.qa_file), settings, location,
+            command=command_line(), overwrite=options["overwrite"], progress=progress.update,
+        )  # fmt: skip
+    emit(location, result, options["as_json"])
