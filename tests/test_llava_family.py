@@ -200,7 +200,7 @@ def test_methods_are_checked_against_the_family_before_torch_loads(checkpoint: P
         ("extract", "--model-family", "llava", "--method", "x"): "no such option: --method",
         ("eval", "--method", "bogus"): "unknown --method 'bogus'; choose one of none, random",
         ("eval", "--model-family", "bogus"): "unknown --model-family 'bogus'; choose one of chatscene, llava",
-        ("eval", *llava, "--method", "fastervlm", "--keep", "17"): "exceeds the 16 image tokens",
+        ("eval", *llava, "--method", "fastervlm", "--keep", "17"): "exceeds the 16 visual tokens",
         ("eval", *llava, "--method", "fastervlm"): "needs exactly one of --keep or --ratio",
         ("eval", *llava, "--maps", "m.zarr"): "--maps does not apply to --model-family llava",
         ("eval", "--qa-file", str(qa_file)): "--qa-file does not apply to --model-family chatscene",

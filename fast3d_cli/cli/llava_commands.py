@@ -61,9 +61,16 @@ def _prepare(run: LlavaRun) -> tuple[Any, list[Any]]:
 
 
 def resolve_keep(
-    method: str, keep: int | None, ratio: float | None, layer: int, n_layers: int | None, n_visual: int | None
+    method: str,
+    keep: int | None,
+    ratio: float | None,
+    layer: int,
+    n_layers: int | None,
+    shape: tuple[int, int] | None,
 ) -> int | None:
-    """Visual tokens kept per sample (None: dense), checked against the model's depth and image size."""
+    """Visual tokens kept per sample (None: dense), checked against the model's depth and the visual input
+    ``shape`` (frames, tokens per frame; None where unknown). ``--ratio`` keeps the same share of every
+    frame; FasterVLM on videos needs a --keep that splits evenly over the frames (official: per frame)."""
     from fast3d_cli.models.families import check_method, get_family
     from fast3d_cli.pruning.budgets import check_layer, check_ratio, keep_for_ratio
 
@@ -81,22 +88,26 @@ def resolve_keep(
         raise UserError(f"--keep must be >= 0, got {keep}")
     if ratio is not None:
         check_ratio(ratio)
-        if n_layers is None or n_visual is None:
+        if n_layers is None or shape is None:
             raise UserError("--ratio needs the model's depth and image size in config.json; give --keep")
-        keep = keep_for_ratio(ratio, layer, n_layers, n_visual)
-    if n_visual is not None and keep > n_visual:
-        raise UserError(f"--keep {keep} exceeds the {n_visual} image tokens per sample")
+        keep = shape[0] * keep_for_ratio(ratio, layer, n_layers, shape[1])
+    if shape is not None and keep > shape[0] * shape[1]:
+        raise UserError(f"--keep {keep} exceeds the {shape[0] * shape[1]} visual tokens per sample")
+    if method == "fastervlm" and shape is not None and keep % shape[0]:
+        raise UserError(
+            f"--keep must be a multiple of the {shape[0]} frames: FasterVLM keeps as many per frame"
+        )
     return keep
 
 
-def _visual_tokens(source: Any, samples: list[Any]) -> int | None:
+def _visual_shape(source: Any, samples: list[Any]) -> tuple[int, int] | None:
+    """(frames, tokens per frame) shared by every sample, None where unknown or mixed."""
     per_frame = source.patches_per_frame()
     frames = {len(s.frames) for s in samples}
-    return None if per_frame is None or len(frames) != 1 else per_frame * frames.pop()
+    return None if per_frame is None or len(frames) != 1 else (frames.pop(), per_frame)
 
 
 def _load(source: Any, run: LlavaRun, progress: Any, method: str) -> tuple[Any, Any]:
-    from fast3d_cli.models.llava import cls_attention_layer
     from fast3d_cli.models.llava_inputs import make_adapter, qa_batch
 
     progress.phase(f"loading the target model ({source.describe()})")
@@ -104,7 +115,7 @@ def _load(source: Any, run: LlavaRun, progress: Any, method: str) -> tuple[Any, 
     adapter = make_adapter(target)
     if method == "fastervlm":
         try:
-            cls_attention_layer(adapter.model)
+            adapter.cls_attention_layer()
         except ValueError as err:
             raise UserError(f"--method fastervlm: {err}") from None
     return adapter, lambda rows: qa_batch(target, rows)
@@ -145,7 +156,7 @@ def llava_eval(options: dict[str, Any]) -> None:
     run, method, layer = _run(options), options["method"], options["layer"]
     source, samples = _prepare(run)
     keep = resolve_keep(
-        method, options["keep"], options["ratio"], layer, source.n_layers(), _visual_tokens(source, samples)
+        method, options["keep"], options["ratio"], layer, source.n_layers(), _visual_shape(source, samples)
     )
     settings = ImageQAEvalSettings(
         method=method,

@@ -118,7 +118,12 @@ class LlavaAdapter:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return [self.tokenizer.decode(list(row), skip_special_tokens=True).strip() for row in ids]
 
-    def cls_attention_scores(self, batch: ImageBatch) -> Tensor:
+    def cls_attention_layer(self) -> nn.Module:
+        """The vision-tower layer FasterVLM reads (see :func:`cls_attention_layer`)."""
+        return cls_attention_layer(self.model)
+
+    def cls_attention_scores(self, batch: ImageBatch, keep: Tensor | None = None) -> Tensor:
+        """FasterVLM scores; ``keep`` is not needed: an image keeps its top tokens (official LLaVA code)."""
         return faster_vlm_scores(self, batch.pixel_values)
 
 
@@ -131,18 +136,19 @@ def _first_id(*candidates: Any) -> int:
     raise ValueError("the tokenizer and the text config define no such special token")
 
 
-def cls_attention_layer(model: nn.Module) -> nn.Module:
+def cls_attention_layer(model: nn.Module, tower: nn.Module | None = None) -> nn.Module:
     """The vision-tower encoder layer whose output LLaVA takes as image features, checked to expose the
-    [CLS] attention FasterVLM needs (raises ``ValueError`` otherwise)."""
+    [CLS] attention FasterVLM needs (raises ``ValueError`` otherwise). ``tower``: another tower than
+    ``model.model.vision_tower`` (Video-LLaVA's video tower, whose features always keep the [CLS] token)."""
     config = model.config
-    if config.vision_feature_select_strategy != "default":
+    if tower is None and config.vision_feature_select_strategy != "default":
         raise ValueError(
             "FasterVLM scores need vision_feature_select_strategy='default' (a [CLS] token dropped from the "
             f"image features); this model uses {config.vision_feature_select_strategy!r}"
         )
     if not isinstance(config.vision_feature_layer, int):
         raise ValueError("FasterVLM scores need a single vision_feature_layer, not a list of layers")
-    tower = model.model.vision_tower
+    tower = model.model.vision_tower if tower is None else tower
     tower = getattr(tower, "vision_model", tower)  # towers that wrap their transformer
     if not hasattr(getattr(tower, "embeddings", None), "class_embedding"):
         raise ValueError(
@@ -180,7 +186,7 @@ def faster_vlm_scores(adapter: LlavaAdapter, pixel_values: Tensor) -> Tensor:
     ``attentions[vision_feature_layer]``, FasterVLM's choice). The row is recomputed from that layer's
     q/k projections during one normal forward of the tower, whatever its attention implementation.
     """
-    layer = cls_attention_layer(adapter.model)
+    layer = adapter.cls_attention_layer()
     captured: dict[str, Tensor] = {}
 
     def keep_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -88,7 +88,8 @@ class LlavaSource:
         size, patch = vision.get("image_size"), vision.get("patch_size")
         if not all(isinstance(v, int) and v > 0 for v in (size, patch)):
             return None
-        keeps_cls = self.config.get("vision_feature_select_strategy", "default") == "full"
+        # Video-LLaVA's video features keep every frame's [CLS] token; images drop it unless "full"
+        keeps_cls = self.is_video or self.config.get("vision_feature_select_strategy", "default") == "full"
         return (size // patch) ** 2 + int(keeps_cls)
 
     def files(self) -> list[Path]:
@@ -124,8 +125,8 @@ def _processor_parts(directory: Path, is_video: bool) -> tuple[Any, Any, str]:
 
     try:
         processor = AutoProcessor.from_pretrained(directory)
-    except (OSError, ValueError, TypeError):
-        processor = None
+    except (OSError, ValueError, TypeError, AttributeError, ImportError):
+        processor = None  # e.g. Video-LLaVA's video processor needs torchvision: read the parts alone
     tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(directory)
     image_processor = getattr(processor, "image_processor", None) or AutoImageProcessor.from_pretrained(
         directory

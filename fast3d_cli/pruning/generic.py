@@ -63,7 +63,7 @@ def _maps(ctx: ScoreContext) -> Tensor:
 def _cls(ctx: ScoreContext) -> Tensor:
     if not isinstance(ctx.adapter, ClsAttentionAdapter):
         raise ValueError(f"{type(ctx.adapter).__name__} has no vision-tower [CLS] attention: no fastervlm")
-    return to_granularity(ctx.adapter.cls_attention_scores(ctx.batch), 1, ctx.inputs.group)
+    return to_granularity(ctx.adapter.cls_attention_scores(ctx.batch, ctx.keep), 1, ctx.inputs.group)
 
 
 SCORERS: dict[str, Callable[[ScoreContext], Tensor | None]] = {
