@@ -195,14 +195,17 @@ def test_methods_are_checked_against_the_family_before_torch_loads(checkpoint: P
             "4",
         ): "methods for chatscene: none, random, fastv, divprune",
         ("eval", *llava, "--method", "gap+sap", "--alpha", "0.5"): (
-            "methods for llava: none, random, fastv, divprune, fastervlm"
+            "methods for llava: none, random, fastv, divprune, oracle, oracle+sap, fastervlm"
         ),
         ("extract", "--model-family", "llava", "--method", "x"): "no such option: --method",
         ("eval", "--method", "bogus"): "unknown --method 'bogus'; choose one of none, random",
         ("eval", "--model-family", "bogus"): "unknown --model-family 'bogus'; choose one of chatscene, llava",
         ("eval", *llava, "--method", "fastervlm", "--keep", "17"): "exceeds the 16 visual tokens",
         ("eval", *llava, "--method", "fastervlm"): "needs exactly one of --keep or --ratio",
-        ("eval", *llava, "--maps", "m.zarr"): "--maps does not apply to --model-family llava",
+        ("eval", *llava, "--gap", "g"): "--gap does not apply to --model-family llava",
+        ("eval", *llava, "--maps", "m.zarr"): "--maps does not apply to --method none",
+        ("eval", *llava, "--method", "oracle", "--keep", "2"): "needs --maps (an attention store",
+        ("eval", *llava, "--method", "oracle+sap", "--alpha", "auto", "--maps", "m"): "no 'auto' for llava",
         ("eval", "--qa-file", str(qa_file)): "--qa-file does not apply to --model-family chatscene",
         ("extract", "--model-family", "llava", "--qa-file", str(qa_file)): "needs --model DIR",
     }

@@ -60,28 +60,51 @@ def _prepare(run: LlavaRun) -> tuple[Any, list[Any]]:
     return source, samples
 
 
-def resolve_keep(
+def resolve_budget(
+    method: str,
+    keep: int | None,
+    ratio: float | None,
+    alpha: str | None,
+    layer: int,
+    n_layers: int | None,
+    shape: tuple[int, int] | None,
+) -> tuple[int | None, float | None]:
+    """(visual tokens kept per sample, SAP alpha), both None for ``none``, checked against the model's depth
+    and the visual input ``shape`` (frames, tokens per frame; None where unknown). ``--ratio`` keeps the same
+    share of every frame; FasterVLM on videos needs a --keep that splits evenly over the frames."""
+    from fast3d_cli.models.families import check_method, get_family
+    from fast3d_cli.pruning.budgets import check_alpha, check_layer
+
+    spec = check_method(get_family("llava"), method)
+    check_layer(layer, n_layers)
+    if layer < spec.min_layer:
+        raise UserError(f"{method} scores tokens with layer K-1 attention: use --layer >= {spec.min_layer}")
+    if spec.budget != "fixed" and (keep is not None or ratio is not None):
+        raise UserError(f"--keep/--ratio do not apply to --method {method}")
+    if spec.budget != "sap" and alpha is not None:
+        raise UserError(f"--alpha applies to the +sap methods, not {method}")
+    if spec.budget == "sap":
+        if alpha is None or alpha == "auto":
+            raise UserError(f"--method {method} needs --alpha, a number in (0, 1] (no 'auto' for llava)")
+        try:
+            return None, check_alpha(float(alpha))
+        except ValueError:
+            raise UserError(f"--alpha must be a number in (0, 1], got {alpha!r}") from None
+    if spec.budget == "none":
+        return None, None
+    return _fixed_keep(method, keep, ratio, layer, n_layers, shape), None
+
+
+def _fixed_keep(
     method: str,
     keep: int | None,
     ratio: float | None,
     layer: int,
     n_layers: int | None,
     shape: tuple[int, int] | None,
-) -> int | None:
-    """Visual tokens kept per sample (None: dense), checked against the model's depth and the visual input
-    ``shape`` (frames, tokens per frame; None where unknown). ``--ratio`` keeps the same share of every
-    frame; FasterVLM on videos needs a --keep that splits evenly over the frames (official: per frame)."""
-    from fast3d_cli.models.families import check_method, get_family
-    from fast3d_cli.pruning.budgets import check_layer, check_ratio, keep_for_ratio
+) -> int:
+    from fast3d_cli.pruning.budgets import check_ratio, keep_for_ratio
 
-    spec = check_method(get_family("llava"), method)
-    check_layer(layer, n_layers)
-    if layer < spec.min_layer:
-        raise UserError(f"{method} scores tokens with layer K-1 attention: use --layer >= {spec.min_layer}")
-    if spec.budget == "none":
-        if keep is not None or ratio is not None:
-            raise UserError(f"--keep/--ratio do not apply to --method {method}")
-        return None
     if (keep is None) == (ratio is None):
         raise UserError(f"--method {method} needs exactly one of --keep or --ratio")
     if keep is not None and keep < 0:
@@ -98,6 +121,30 @@ def resolve_keep(
             f"--keep must be a multiple of the {shape[0]} frames: FasterVLM keeps as many per frame"
         )
     return keep
+
+
+def _question_maps(
+    options: dict[str, Any], source: Any, samples: list[Any], shape: tuple[int, int] | None
+) -> Any:
+    """The --maps rows of the questions (oracle methods), checked before the model loads; else None."""
+    from fast3d_cli.cli.common import store_argument
+    from fast3d_cli.models.families import check_method, get_family
+
+    spec = check_method(get_family("llava"), options["method"])
+    if spec.scorer != "maps":
+        if options["maps"] is not None:
+            raise UserError(f"--maps does not apply to --method {spec.name}")
+        return None
+    if options["maps"] is None:
+        raise UserError(f"--method {spec.name} needs --maps (an attention store from fast3d extract)")
+    from fast3d_cli.pruning.image_qa_maps import load_question_maps
+
+    location = store_argument(options["maps"], "--maps")
+    n_visual = None if shape is None else shape[0] * shape[1]
+    fingerprint = source.fingerprint()
+    return load_question_maps(
+        location, fingerprint, Path(options["qa_file"]), samples, n_visual, options["force"]
+    )
 
 
 def _visual_shape(source: Any, samples: list[Any]) -> tuple[int, int] | None:
@@ -134,9 +181,7 @@ CHATSCENE_ONLY = {  # option -> whether a command's parsed value means the user 
     "--config": lambda o: o.get("config") is not None,
     "--data-root": lambda o: o.get("data_root") is not None,
     "--tasks": lambda o: o.get("tasks", "all") != "all",
-    "--maps": lambda o: o.get("maps") is not None,
     "--gap": lambda o: o.get("gap") is not None,
-    "--alpha": lambda o: o.get("alpha") is not None,
     "--granularity": lambda o: o.get("granularity", "object") != "object",
     "--fixed-count": lambda o: bool(o.get("fixed_count")),
     "--skip-padding": lambda o: bool(o.get("skip_padding")),
@@ -155,12 +200,16 @@ def llava_eval(options: dict[str, Any]) -> None:
     refuse_options({name: given(options) for name, given in CHATSCENE_ONLY.items()})
     run, method, layer = _run(options), options["method"], options["layer"]
     source, samples = _prepare(run)
-    keep = resolve_keep(
-        method, options["keep"], options["ratio"], layer, source.n_layers(), _visual_shape(source, samples)
+    shape = _visual_shape(source, samples)
+    keep, alpha = resolve_budget(
+        method, options["keep"], options["ratio"], options["alpha"], layer, source.n_layers(), shape
     )
+    maps = _question_maps(options, source, samples, shape)
     settings = ImageQAEvalSettings(
         method=method,
         keep=keep,
+        alpha=alpha,
+        maps=None if options["maps"] is None else str(options["maps"]),
         layer=layer,
         seed=options["seed"],
         batch_size=options["batch_size"],
@@ -184,7 +233,7 @@ def llava_eval(options: dict[str, Any]) -> None:
         adapter, batcher = _load(source, run, progress, method)
         result = run_image_qa_eval(
             adapter, batcher, samples, settings, identity, output,
-            overwrite=options["overwrite"], progress=progress.update,
+            maps=maps, overwrite=options["overwrite"], progress=progress.update,
         )  # fmt: skip
     for name, value in result["metrics"].items():
         print(f"{name:>24}  {value:.4f}", file=sys.stderr)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fast3d_cli import __version__
 from fast3d_cli.data.formats import read_json, write_json, write_text_atomic
 from fast3d_cli.data.image_qa import ImageQASample
@@ -28,10 +30,13 @@ ProgressCallback = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class ImageQAEvalSettings:
-    """``keep``: visual tokens kept per sample (resolved from --keep or --ratio; None for ``none``)."""
+    """``keep``: visual tokens kept per sample (resolved from --keep or --ratio) or ``alpha``: the SAP mass
+    (``+sap`` methods); both None for ``none``. ``maps``: where the oracle maps come from (identity only)."""
 
     method: str = "none"
     keep: int | None = None
+    alpha: float | None = None
+    maps: str | None = None
     layer: int = 0
     seed: int = 0
     batch_size: int = 8
@@ -51,27 +56,34 @@ def run_image_qa_eval(
     identity: dict[str, Any],
     out_dir: Path,
     *,
+    maps: dict[int, np.ndarray] | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``samples``; ``batcher`` turns samples into the adapter's batch. Returns the metrics."""
+    """Evaluate ``samples``; ``batcher`` turns samples into the adapter's batch; ``maps``: the oracle scores
+    of each question (by index). Returns the metrics."""
+    import torch
+
     from fast3d_cli.pruning.generic import prune_generate
 
-    manifest = {"version": __version__, **identity, "settings": asdict(settings)}
+    identity_settings = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # same answers
+    manifest = json.loads(json.dumps({"version": __version__, **identity, "settings": identity_settings}))
     _prepare_output(out_dir, manifest, overwrite)
     records: list[dict[str, Any]] = []
     n_layers = adapter.language_model.config.num_hidden_layers
-    budget = {} if settings.keep is None else {"keep": settings.keep}
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start : start + settings.batch_size]
+        scores = None if maps is None else torch.from_numpy(np.stack([maps[s.index] for s in chunk])).float()
         result = prune_generate(
             adapter,
             batcher(chunk),
             settings.method,
+            keep=settings.keep,
+            alpha=settings.alpha,
             layer=settings.layer,
             seed=settings.seed,
+            maps=scores,
             gen=settings.generation,
-            **budget,
         )
         for sample, text, kept in zip(chunk, result.texts, result.kept_tokens, strict=True):
             em, refined = score_answer(text, sample.answers)
