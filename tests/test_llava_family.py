@@ -234,3 +234,50 @@ def test_bad_qa_files_are_one_line(capsys, checkpoint: Path, qa_file: Path, line
         capsys, "eval", "--model-family", "llava", "--model", str(checkpoint), "--qa-file", str(bad)
     )
     assert code == 2 and one_error_line(stderr) and message in stderr, stderr
+
+
+def test_renumbered_positions_equal_hf_on_the_pruned_features(
+    capsys, checkpoint: Path, qa_file: Path, tmp_path: Path
+) -> None:
+    """--renumber-positions is the official FasterVLM: the top-[CLS] features, in order, are the image."""
+    import torch
+
+    from fast3d_cli.data.image_qa import load_image_qa
+    from fast3d_cli.models.llava_inputs import qa_batch
+    from fast3d_cli.models.llava_loading import LlavaSource
+
+    out = tmp_path / "official"
+    preds = evaluate(
+        capsys, checkpoint, qa_file, out, "--method", "fastervlm", "--keep", "4", "--renumber-positions"
+    )
+    assert [r["kept_visual_tokens"] for r in preds] == [4] * 3
+    target = LlavaSource(checkpoint).load(device="cpu")
+    model, tokenizer = target.model, target.tokenizer
+    batch = qa_batch(target, load_image_qa(qa_file))
+    tower = model.model.vision_tower
+    tower.set_attn_implementation("eager")
+    with torch.no_grad():
+        cls = tower(batch.pixel_values, output_attentions=True).attentions[-2][:, :, 0, 1:].mean(1)
+        features = torch.stack(
+            list(model.model.get_image_features(pixel_values=batch.pixel_values).pooler_output)
+        )
+    for row, prompt in enumerate(batch.prompts):
+        kept = features[row, cls[row].topk(4).indices.sort().values]
+        ids = tokenizer(prompt.replace("<image>", " ".join(["<image>"] * 4)), return_tensors="pt").input_ids
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(ids).masked_scatter((ids == 4)[..., None], kept)
+            new = model.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                num_beams=1, repetition_penalty=1.0, pad_token_id=0,
+            )  # fmt: skip
+        assert tokenizer.decode(new[0], skip_special_tokens=True).strip() == preds[row]["pred"]
+
+
+def test_renumber_positions_needs_fastervlm_at_layer_0(capsys, checkpoint: Path, qa_file: Path) -> None:
+    llava = ["--model-family", "llava", "--model", str(checkpoint), "--qa-file", str(qa_file)]
+    code, _, stderr = fast3d(
+        capsys, "eval", *llava, "--method", "random", "--keep", "2", "--renumber-positions"
+    )
+    assert code == 2 and one_error_line(stderr) and "applies to --method fastervlm" in stderr, stderr
+    code, _, stderr = fast3d(capsys, "eval", "--renumber-positions")
+    assert code == 2 and one_error_line(stderr) and "does not apply to --model-family chatscene" in stderr

@@ -183,6 +183,30 @@ def test_video_eval_end_to_end(capsys, checkpoint: Path, qa_file: Path, tmp_path
         capsys, checkpoint, qa_file, tmp_path / "all", "--method", "fastervlm", "--keep", "34"
     )
     assert [r["pred"] for r in keep_all] == [r["pred"] for r in dense]
+    official = evaluate(
+        capsys,
+        checkpoint,
+        qa_file,
+        tmp_path / "o",
+        "--method",
+        "fastervlm",
+        "--keep",
+        "8",
+        "--renumber-positions",
+    )
+    assert [r["kept_visual_tokens"] for r in official] == [8] * 3
+    whole = evaluate(
+        capsys,
+        checkpoint,
+        qa_file,
+        tmp_path / "w",
+        "--method",
+        "fastervlm",
+        "--keep",
+        "34",
+        "--renumber-positions",
+    )
+    assert [r["pred"] for r in whole] == [r["pred"] for r in dense]
 
 
 def test_uneven_frame_budgets_are_refused(capsys, checkpoint: Path, qa_file: Path, tmp_path: Path) -> None:

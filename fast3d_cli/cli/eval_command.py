@@ -27,7 +27,12 @@ from fast3d_cli.cli.common import (
     model_source,
     store_argument,
 )
-from fast3d_cli.cli.family_options import ModelFamilyOption, QAFileOption, family_handler
+from fast3d_cli.cli.family_options import (
+    ModelFamilyOption,
+    QAFileOption,
+    RenumberPositionsOption,
+    family_handler,
+)
 
 
 def eval_command(
@@ -147,6 +152,7 @@ def eval_command(
     as_json: JsonOption = False,
     model_family: ModelFamilyOption = "chatscene",
     qa_file: QAFileOption = None,
+    renumber_positions: RenumberPositionsOption = False,
 ) -> None:
     """Evaluate the target model, dense or pruned, on Chat-Scene tasks: metrics, score ratio, speed.
 

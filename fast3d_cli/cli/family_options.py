@@ -24,6 +24,16 @@ QAFileOption = Annotated[
     typer.Option("--qa-file", help="llava family: image/video QA JSON Lines file (docs/llava.md)."),
 ]
 
+RenumberPositionsOption = Annotated[
+    bool,
+    typer.Option(
+        help="llava family, --method fastervlm: drop the pruned image tokens before the language model and "
+        "renumber positions, as the official FasterVLM does (default: pruned inside it, positions kept).",
+        rich_help_panel="Pruning",
+    ),
+]
+LLAVA_ONLY = {"qa_file": "--qa-file", "renumber_positions": "--renumber-positions"}
+
 
 def family_handler(command: str, options: dict[str, Any]) -> Callable[[dict[str, Any]], None] | None:
     """The handler of ``command`` ("eval" or "extract") for ``options["model_family"]``, after checking
@@ -33,6 +43,8 @@ def family_handler(command: str, options: dict[str, Any]) -> Callable[[dict[str,
 
     family = family_and_method(options["model_family"], options.get("method", "none"))
     handler = family.handler(command)
-    if handler is None and options.get("qa_file") is not None:
-        raise UserError(f"--qa-file does not apply to --model-family {family.name}")
+    if handler is None:
+        for name, option in LLAVA_ONLY.items():
+            if options.get(name) not in (None, False):
+                raise UserError(f"{option} does not apply to --model-family {family.name}")
     return handler

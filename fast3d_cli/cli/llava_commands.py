@@ -205,11 +205,16 @@ def llava_eval(options: dict[str, Any]) -> None:
         method, options["keep"], options["ratio"], options["alpha"], layer, source.n_layers(), shape
     )
     maps = _question_maps(options, source, samples, shape)
+    if options["renumber_positions"] and (method != "fastervlm" or layer != 0):
+        raise UserError(
+            "--renumber-positions applies to --method fastervlm at --layer 0 (the official setting)"
+        )
     settings = ImageQAEvalSettings(
         method=method,
         keep=keep,
         alpha=alpha,
         maps=None if options["maps"] is None else str(options["maps"]),
+        renumber_positions=options["renumber_positions"],
         layer=layer,
         seed=options["seed"],
         batch_size=options["batch_size"],

@@ -31,12 +31,15 @@ ProgressCallback = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class ImageQAEvalSettings:
     """``keep``: visual tokens kept per sample (resolved from --keep or --ratio) or ``alpha``: the SAP mass
-    (``+sap`` methods); both None for ``none``. ``maps``: where the oracle maps come from (identity only)."""
+    (``+sap`` methods); both None for ``none``. ``maps``: where the oracle maps come from (identity only).
+    ``renumber_positions`` (``fastervlm``, layer 0): prune before the language model, the official way
+    (:func:`fast3d_cli.models.llava.select_before_llm`)."""
 
     method: str = "none"
     keep: int | None = None
     alpha: float | None = None
     maps: str | None = None
+    renumber_positions: bool = False
     layer: int = 0
     seed: int = 0
     batch_size: int = 8
@@ -64,6 +67,7 @@ def run_image_qa_eval(
     of each question (by index). Returns the metrics."""
     import torch
 
+    from fast3d_cli.models.llava import select_before_llm
     from fast3d_cli.pruning.generic import prune_generate
 
     identity_settings = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # same answers
@@ -74,11 +78,14 @@ def run_image_qa_eval(
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start : start + settings.batch_size]
         scores = None if maps is None else torch.from_numpy(np.stack([maps[s.index] for s in chunk])).float()
+        batch, method, keep = batcher(chunk), settings.method, settings.keep
+        if settings.renumber_positions:  # the kept features are the whole image: a dense run on them
+            batch, method, keep = select_before_llm(adapter, batch, keep), "none", None
         result = prune_generate(
             adapter,
-            batcher(chunk),
-            settings.method,
-            keep=settings.keep,
+            batch,
+            method,
+            keep=keep,
             alpha=settings.alpha,
             layer=settings.layer,
             seed=settings.seed,

@@ -12,7 +12,7 @@ patch tokens, head-mean, at the layer LLaVA takes its features from.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,11 +31,16 @@ from fast3d_cli.models.adapter import (
 @dataclass
 class ImageBatch:
     """Prompts with the image token (once, or already expanded to one per image feature) and their
-    preprocessed images ``pixel_values`` [B, 3, H, W] (e.g. ``processor.image_processor(...)``)."""
+    preprocessed images ``pixel_values`` [B, 3, H, W] (e.g. ``processor.image_processor(...)``).
+
+    ``feature_index`` [B, k] (optional): the image features each prompt gets, in this order; the others are
+    dropped before the language model, which then sees ``k`` image tokens at contiguous positions (how the
+    official FasterVLM prunes, see :func:`select_before_llm`)."""
 
     prompts: Sequence[str]
     pixel_values: Tensor
     keys: Sequence[SampleKey] | None = None
+    feature_index: Tensor | None = None
 
 
 class LlavaAdapter:
@@ -94,6 +99,9 @@ class LlavaAdapter:
 
     def build_inputs(self, batch: ImageBatch, answers: Sequence[str] | None = None) -> AdapterInputs:
         features = self.image_features(batch.pixel_values)
+        if batch.feature_index is not None:
+            index = batch.feature_index.to(features.device)
+            features = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
         n_visual = features.shape[1]
         embed = self.language_model.get_input_embeddings()
         rows = [
@@ -200,3 +208,13 @@ def faster_vlm_scores(adapter: LlavaAdapter, pixel_values: Tensor) -> Tensor:
             return cls_attention(layer.self_attn, captured["hidden"])
     finally:
         handle.remove()
+
+
+def select_before_llm(adapter: LlavaAdapter, batch: ImageBatch, keep: int) -> ImageBatch:
+    """``batch`` pruned the official FasterVLM way: each sample's ``keep`` image features with the highest
+    [CLS] attention (per frame for videos), in their original order, are the only ones the language model
+    sees (contiguous positions, as if the image had ``keep`` tokens)."""
+    rows = batch.pixel_values.shape[0]
+    scores = adapter.cls_attention_scores(batch, torch.full((rows,), keep, dtype=torch.long))
+    index = scores.topk(keep, dim=1).indices.sort(dim=1).values
+    return replace(batch, feature_index=index)
