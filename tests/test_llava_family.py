@@ -281,3 +281,19 @@ def test_renumber_positions_needs_fastervlm_at_layer_0(capsys, checkpoint: Path,
     assert code == 2 and one_error_line(stderr) and "applies to --method fastervlm" in stderr, stderr
     code, _, stderr = fast3d(capsys, "eval", "--renumber-positions")
     assert code == 2 and one_error_line(stderr) and "does not apply to --model-family chatscene" in stderr
+
+
+def test_fastervlm_without_a_cls_token_is_one_line(capsys, qa_file: Path, tmp_path: Path) -> None:
+    from transformers import CLIPImageProcessor
+
+    folder = tmp_path / "siglip"
+    tiny_llava("siglip").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(
+        folder
+    )
+    code, _, stderr = fast3d(
+        capsys, "eval", "--model-family", "llava", "--model", str(folder), "--qa-file", str(qa_file),
+        "-o", str(tmp_path / "out"), "--method", "fastervlm", "--keep", "4",
+    )  # fmt: skip
+    assert code == 2 and one_error_line(stderr) and "has no [CLS] token" in stderr, stderr
