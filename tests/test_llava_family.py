@@ -168,6 +168,29 @@ def test_extract_writes_the_image_token_maps(capsys, checkpoint: Path, qa_file: 
     )
     assert code == 0 and json.loads(stdout)["computed"] == 0, stderr
 
+    code, _, stderr = fast3d(capsys, "info", str(store))
+    assert code == 0, stderr
+
+    # the store drives the oracle methods: --keep keeps the top map tokens, +sap the SAP counts of the maps
+    from fast3d_cli.pruning.budgets import sap_keep_counts
+
+    maps_arg = ["--maps", str(store)]
+    oracle = evaluate(
+        capsys, checkpoint, qa_file, tmp_path / "o", "--method", "oracle", "--keep", "5", *maps_arg
+    )
+    assert [r["kept_visual_tokens"] for r in oracle] == [5] * 3
+    sap = evaluate(
+        capsys, checkpoint, qa_file, tmp_path / "s", "--method", "oracle+sap", "--alpha", "0.3", *maps_arg
+    )
+    assert [r["kept_visual_tokens"] for r in sap] == sap_keep_counts(maps, 0.3).tolist()
+    other = qa_file.parent / "other.jsonl"
+    other.write_text(qa_file.read_text().replace("w8", "w9"))
+    code, _, stderr = fast3d(
+        capsys, "eval", "--model-family", "llava", "--model", str(checkpoint), "--qa-file", str(other),
+        "--method", "oracle", "--keep", "5", *maps_arg, "-o", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert code == 2 and one_error_line(stderr) and "another QA file" in stderr, stderr
+
 
 PROBE = """
 import json, sys
@@ -224,6 +247,8 @@ def test_methods_are_checked_against_the_family_before_torch_loads(checkpoint: P
         ('{"id": 1, "image": "images/a.png", "question": "q"}', "'answers' must be a non-empty list"),
         ('{"id": 1, "question": "q", "answers": ["a"]}', "exactly one of 'image'"),
         ("not json", "not JSON"),
+        ('{"id": 1, "video": ["images/a.png"], "question": "q", "answers": ["a"]}', "gives a video"),
+        ('{"id": 1, "image": "images/a.txt", "question": "q", "answers": ["a"]}', "not a picture or array"),
         ('{"id": 1, "image": "images/none.png", "question": "q", "answers": ["a"]}', "not found"),
     ],
 )

@@ -55,8 +55,10 @@ def _prepare(run: LlavaRun) -> tuple[Any, list[Any]]:
             if not frame.is_file():
                 raise DataFileError(f"image of question {sample.id!r} not found: {frame}")
         if sample.is_video != source.is_video:
-            wanted = "videos (Video-LLaVA)" if source.is_video else "images (LLaVA)"
-            raise UserError(f"question {sample.id!r}: this model reads {wanted}; give the other kind of file")
+            wanted, given = ("videos", "an image") if source.is_video else ("images", "a video")
+            raise UserError(
+                f"question {sample.id!r} gives {given}; this {source.architecture} reads {wanted}"
+            )
     return source, samples
 
 

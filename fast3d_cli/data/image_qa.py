@@ -121,7 +121,7 @@ def read_frame(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataFileError(f"image not found: {path}") from None
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise DataFileError(f"cannot read image {path}: {err}") from None
 
 

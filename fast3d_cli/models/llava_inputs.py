@@ -32,12 +32,8 @@ def qa_batch(target: LlavaTarget, samples: Sequence[ImageQASample]) -> ImageBatc
     """The prompts and preprocessed pixels of ``samples`` (images [B, 3, H, W]; videos [B, T, 3, H, W])."""
     import torch
 
-    kinds = {sample.is_video for sample in samples}
-    if kinds != {target.is_video}:
-        wanted = "videos" if target.is_video else "images"
-        raise UserError(
-            f"this model reads {wanted}; the QA file gives {'videos' if True in kinds else 'images'}"
-        )
+    if any(sample.is_video != target.is_video for sample in samples):
+        raise UserError(f"this model reads {'videos' if target.is_video else 'images'} only")
     pixels = []
     for sample in samples:
         frames = read_frames(sample)
