@@ -218,7 +218,7 @@ def test_methods_are_checked_against_the_family_before_torch_loads(checkpoint: P
             "4",
         ): "methods for chatscene: none, random, fastv, divprune",
         ("eval", *llava, "--method", "gap+sap", "--alpha", "0.5"): (
-            "methods for llava: none, random, fastv, divprune, oracle, oracle+sap, fastervlm"
+            "methods for llava: none, random, fastv, divprune, oracle, oracle+sap, cdpruner, fastervlm"
         ),
         ("extract", "--model-family", "llava", "--method", "x"): "no such option: --method",
         ("eval", "--method", "bogus"): "unknown --method 'bogus'; choose one of none, random",
@@ -322,3 +322,16 @@ def test_fastervlm_without_a_cls_token_is_one_line(capsys, qa_file: Path, tmp_pa
         "-o", str(tmp_path / "out"), "--method", "fastervlm", "--keep", "4",
     )  # fmt: skip
     assert code == 2 and one_error_line(stderr) and "has no [CLS] token" in stderr, stderr
+
+
+def test_cdpruner_runs_on_llava_batch_invariantly(
+    capsys, checkpoint: Path, qa_file: Path, tmp_path: Path
+) -> None:
+    together = evaluate(
+        capsys, checkpoint, qa_file, tmp_path / "b3", "--method", "cdpruner", "--keep", "5", "-b", "3"
+    )
+    alone = evaluate(
+        capsys, checkpoint, qa_file, tmp_path / "b1", "--method", "cdpruner", "--keep", "5", "-b", "1"
+    )
+    assert [r["kept_visual_tokens"] for r in together] == [5] * 3
+    assert [r["pred"] for r in alone] == [r["pred"] for r in together]
