@@ -189,6 +189,8 @@ CHATSCENE_ONLY = {  # option -> whether a command's parsed value means the user 
     "--skip-padding": lambda o: bool(o.get("skip_padding")),
     "--baseline": lambda o: o.get("baseline") is not None,
     "--keep-layers": lambda o: bool(o.get("keep_layers")),
+    "--scanqa-clean-refs": lambda o: bool(o.get("scanqa_clean_refs")),
+    "--scan2cap-sos-eos": lambda o: o.get("scan2cap_sos_eos", "official") != "official",
 }
 
 
@@ -196,6 +198,7 @@ def llava_eval(options: dict[str, Any]) -> None:
     """``fast3d eval --model-family llava``: ``options`` are the command's parsed options."""
     from fast3d_cli.cli.common import check_output_location, emit
     from fast3d_cli.cli.progress import ProgressReporter
+    from fast3d_cli.evaluation.fingerprint import files_fingerprint
     from fast3d_cli.evaluation.image_qa import ImageQAEvalSettings
     from fast3d_cli.generation.config import GenerationConfig
 
@@ -230,7 +233,7 @@ def llava_eval(options: dict[str, Any]) -> None:
     identity = {
         "family": "llava",
         "model": source.fingerprint(),
-        "qa_file": str(run.qa_file),
+        "qa_file": files_fingerprint([Path(run.qa_file)]),  # the questions (the images are not hashed)
         "limit": run.limit,
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class LlavaSource:
             raise UserError(f"model folder not found: {self.model_dir}")
         self.architecture  # noqa: B018 - validates config.json now
 
-    @property
+    @cached_property
     def config(self) -> dict[str, Any]:
         path = Path(self.model_dir) / "config.json"
         try:
