@@ -27,6 +27,12 @@ from fast3d_cli.cli.common import (
     model_source,
     store_argument,
 )
+from fast3d_cli.cli.family_options import (
+    ModelFamilyOption,
+    QAFileOption,
+    RenumberPositionsOption,
+    family_handler,
+)
 
 
 def eval_command(
@@ -147,12 +153,19 @@ def eval_command(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     as_json: JsonOption = False,
+    model_family: ModelFamilyOption = "chatscene",
+    qa_file: QAFileOption = None,
+    renumber_positions: RenumberPositionsOption = False,
 ) -> None:
     """Evaluate the target model, dense or pruned, on Chat-Scene tasks: metrics, score ratio, speed.
 
     Example: [bold]fast3d eval --method gap+sap --maps pred.zarr --alpha auto --tasks scanqa[/bold]
     Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli eval ...[/bold]
     """
+    options = dict(locals())  # every parsed option, for another family's handler
+    handler = family_handler("eval", options)  # checks --model-family and --method before torch loads
+    if handler is not None:
+        return handler(options)
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.cli.tables import print_metrics_table
     from fast3d_cli.data.tasks import parse_splits, parse_tasks

@@ -25,6 +25,7 @@ from fast3d_cli.cli.common import (
     model_source,
     store_output,
 )
+from fast3d_cli.cli.family_options import ModelFamilyOption, QAFileOption, family_handler
 
 
 def extract_command(
@@ -53,12 +54,18 @@ def extract_command(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     as_json: JsonOption = False,
+    model_family: ModelFamilyOption = "chatscene",
+    qa_file: QAFileOption = None,
 ) -> None:
     """Extract the target model's global attention maps into a resumable zarr store.
 
     Example: [bold]fast3d extract --tasks scanqa,scanrefer --split train,val -o maps.zarr[/bold]
     Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli extract ...[/bold]
     """
+    options = dict(locals())  # every parsed option, for another family's handler
+    handler = family_handler("extract", options)  # checks --model-family and --method before torch loads
+    if handler is not None:
+        return handler(options)
     from fast3d_cli.attention.extract import ExtractSettings
     from fast3d_cli.cli.progress import ProgressReporter
     from fast3d_cli.data.tasks import parse_splits, parse_tasks

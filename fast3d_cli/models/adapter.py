@@ -106,8 +106,10 @@ class TargetAdapter(Protocol[BatchT]):
 class ClsAttentionAdapter(Protocol[BatchT]):
     """Optional: an adapter whose vision tower exposes a [CLS] token (FasterVLM)."""
 
-    def cls_attention_scores(self, batch: BatchT) -> Tensor:
-        """[B, n_visual]: attention of the vision tower's [CLS] token to each visual token."""
+    def cls_attention_scores(self, batch: BatchT, keep: Tensor | None = None) -> Tensor:
+        """[B, n_visual]: attention of the vision tower's [CLS] token to each visual token. ``keep`` [B]: the
+        units each sample will keep, for adapters whose selection is not one global top-k (Video-LLaVA keeps
+        the same count per frame: its scores then rank every frame's picks first)."""
         ...
 
 

@@ -12,7 +12,7 @@ patch tokens, head-mean, at the layer LLaVA takes its features from.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,11 +31,16 @@ from fast3d_cli.models.adapter import (
 @dataclass
 class ImageBatch:
     """Prompts with the image token (once, or already expanded to one per image feature) and their
-    preprocessed images ``pixel_values`` [B, 3, H, W] (e.g. ``processor.image_processor(...)``)."""
+    preprocessed images ``pixel_values`` [B, 3, H, W] (e.g. ``processor.image_processor(...)``).
+
+    ``feature_index`` [B, k] (optional): the image features each prompt gets, in this order; the others are
+    dropped before the language model, which then sees ``k`` image tokens at contiguous positions (how the
+    official FasterVLM prunes, see :func:`select_before_llm`)."""
 
     prompts: Sequence[str]
     pixel_values: Tensor
     keys: Sequence[SampleKey] | None = None
+    feature_index: Tensor | None = None
 
 
 class LlavaAdapter:
@@ -94,6 +99,9 @@ class LlavaAdapter:
 
     def build_inputs(self, batch: ImageBatch, answers: Sequence[str] | None = None) -> AdapterInputs:
         features = self.image_features(batch.pixel_values)
+        if batch.feature_index is not None:
+            index = batch.feature_index.to(features.device)
+            features = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
         n_visual = features.shape[1]
         embed = self.language_model.get_input_embeddings()
         rows = [
@@ -118,7 +126,12 @@ class LlavaAdapter:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return [self.tokenizer.decode(list(row), skip_special_tokens=True).strip() for row in ids]
 
-    def cls_attention_scores(self, batch: ImageBatch) -> Tensor:
+    def cls_attention_layer(self) -> nn.Module:
+        """The vision-tower layer FasterVLM reads (see :func:`cls_attention_layer`)."""
+        return cls_attention_layer(self.model)
+
+    def cls_attention_scores(self, batch: ImageBatch, keep: Tensor | None = None) -> Tensor:
+        """FasterVLM scores; ``keep`` is not needed: an image keeps its top tokens (official LLaVA code)."""
         return faster_vlm_scores(self, batch.pixel_values)
 
 
@@ -131,18 +144,19 @@ def _first_id(*candidates: Any) -> int:
     raise ValueError("the tokenizer and the text config define no such special token")
 
 
-def cls_attention_layer(model: nn.Module) -> nn.Module:
+def cls_attention_layer(model: nn.Module, tower: nn.Module | None = None) -> nn.Module:
     """The vision-tower encoder layer whose output LLaVA takes as image features, checked to expose the
-    [CLS] attention FasterVLM needs (raises ``ValueError`` otherwise)."""
+    [CLS] attention FasterVLM needs (raises ``ValueError`` otherwise). ``tower``: another tower than
+    ``model.model.vision_tower`` (Video-LLaVA's video tower, whose features always keep the [CLS] token)."""
     config = model.config
-    if config.vision_feature_select_strategy != "default":
+    if tower is None and config.vision_feature_select_strategy != "default":
         raise ValueError(
             "FasterVLM scores need vision_feature_select_strategy='default' (a [CLS] token dropped from the "
             f"image features); this model uses {config.vision_feature_select_strategy!r}"
         )
     if not isinstance(config.vision_feature_layer, int):
         raise ValueError("FasterVLM scores need a single vision_feature_layer, not a list of layers")
-    tower = model.model.vision_tower
+    tower = model.model.vision_tower if tower is None else tower
     tower = getattr(tower, "vision_model", tower)  # towers that wrap their transformer
     if not hasattr(getattr(tower, "embeddings", None), "class_embedding"):
         raise ValueError(
@@ -180,7 +194,7 @@ def faster_vlm_scores(adapter: LlavaAdapter, pixel_values: Tensor) -> Tensor:
     ``attentions[vision_feature_layer]``, FasterVLM's choice). The row is recomputed from that layer's
     q/k projections during one normal forward of the tower, whatever its attention implementation.
     """
-    layer = cls_attention_layer(adapter.model)
+    layer = adapter.cls_attention_layer()
     captured: dict[str, Tensor] = {}
 
     def keep_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -194,3 +208,13 @@ def faster_vlm_scores(adapter: LlavaAdapter, pixel_values: Tensor) -> Tensor:
             return cls_attention(layer.self_attn, captured["hidden"])
     finally:
         handle.remove()
+
+
+def select_before_llm(adapter: LlavaAdapter, batch: ImageBatch, keep: int) -> ImageBatch:
+    """``batch`` pruned the official FasterVLM way: each sample's ``keep`` image features with the highest
+    [CLS] attention (per frame for videos), in their original order, are the only ones the language model
+    sees (contiguous positions, as if the image had ``keep`` tokens)."""
+    rows = batch.pixel_values.shape[0]
+    scores = adapter.cls_attention_scores(batch, torch.full((rows,), keep, dtype=torch.long))
+    index = scores.topk(keep, dim=1).indices.sort(dim=1).values
+    return replace(batch, feature_index=index)

@@ -1,6 +1,6 @@
 """Pruned generation and attention-map extraction for any :class:`~fast3d_cli.models.adapter.TargetAdapter`.
 
-The methods are those of :data:`fast3d_cli.pruning.methods.METHODS` plus ``fastervlm`` (the vision
+The methods are those of :data:`fast3d_cli.pruning.methods.METHODS`, ``fastervlm`` included (the vision
 tower's [CLS] attention, for adapters that offer ``cls_attention_scores``). Scores are per pruning unit
 (``AdapterInputs.group`` tokens); the budget is ``keep`` units per sample or, for the ``+sap`` methods, the
 SAP mass ``alpha``. Pruning runs in :class:`~fast3d_cli.pruning.engine.PrunedDecoder` (real removal at
@@ -22,12 +22,7 @@ from fast3d_cli.pruning.engine import PrunedDecoder, PruningPlan
 from fast3d_cli.pruning.methods import METHODS, MethodSpec
 from fast3d_cli.pruning.scorers import divprune_scores, random_scores, to_granularity
 
-GENERIC_METHODS: dict[str, MethodSpec] = {
-    **METHODS,
-    "fastervlm": MethodSpec(
-        "fastervlm", "cls", "fixed", help="FasterVLM: [CLS] attention of the vision tower (LLaVA-style)"
-    ),
-}
+GENERIC_METHODS: dict[str, MethodSpec] = METHODS
 
 PerSample = int | float | Sequence[int] | Sequence[float] | Tensor | None  # one value, or one per sample
 
@@ -68,7 +63,7 @@ def _maps(ctx: ScoreContext) -> Tensor:
 def _cls(ctx: ScoreContext) -> Tensor:
     if not isinstance(ctx.adapter, ClsAttentionAdapter):
         raise ValueError(f"{type(ctx.adapter).__name__} has no vision-tower [CLS] attention: no fastervlm")
-    return to_granularity(ctx.adapter.cls_attention_scores(ctx.batch), 1, ctx.inputs.group)
+    return to_granularity(ctx.adapter.cls_attention_scores(ctx.batch, ctx.keep), 1, ctx.inputs.group)
 
 
 def _cdpruner(ctx: ScoreContext) -> Tensor:

@@ -15,9 +15,11 @@ cdpruner      conditional DPP: diversity x instruction relevance      --keep / -
 coverage      farthest-point sampling over the object box centres     --keep / --ratio
 efficient3d   Efficient3D predictor maps (a ``prediction`` store)     --keep / --ratio, or --alpha
                                                                       (ATR, the adaptive ratio)
+fastervlm     the vision tower's [CLS] attention (LLaVA family only)  --keep / --ratio
 ============  ======================================================  ===========================
 
 docs/methods-before-llm.md describes cdpruner, coverage and efficient3d and the choices made for them.
+Each method declares the model families it fits (``families``, see :mod:`fast3d_cli.models.families`).
 """
 
 from __future__ import annotations
@@ -45,21 +47,58 @@ class MethodSpec:
     min_layer: int = 0
     help: str = ""
     adaptive: bool = False  # a "fixed" method that also takes --alpha: its adaptive (SAP-style) budget
+    families: tuple[str, ...] = ("chatscene",)  # the model families (fast3d_cli.models.families) it fits
+
+
+ANY_FAMILY = ("chatscene", "llava")
 
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("none", "none", "none", help="dense: no pruning"),
-        MethodSpec("random", "random", "fixed", help="random visual tokens, seeded per sample"),
-        MethodSpec("fastv", "fastv", "fixed", min_layer=1, help="FastV: attention of the last prompt token"),
-        MethodSpec("divprune", "divprune", "fixed", help="DivPrune: max-min diversity of the embeddings"),
-        MethodSpec("oracle", "maps", "fixed", ("attention",), help="extracted attention maps (upper bound)"),
-        MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
+        MethodSpec("none", "none", "none", help="dense: no pruning", families=ANY_FAMILY),
+        MethodSpec(
+            "random", "random", "fixed", help="random visual tokens, seeded per sample", families=ANY_FAMILY
+        ),
+        MethodSpec(
+            "fastv",
+            "fastv",
+            "fixed",
+            min_layer=1,
+            help="FastV: attention of the last prompt token",
+            families=ANY_FAMILY,
+        ),
+        MethodSpec(
+            "divprune",
+            "divprune",
+            "fixed",
+            help="DivPrune: max-min diversity of the embeddings",
+            families=ANY_FAMILY,
+        ),
+        MethodSpec(
+            "oracle",
+            "maps",
+            "fixed",
+            ("attention",),
+            help="extracted attention maps (upper bound)",
+            families=ANY_FAMILY,
+        ),
+        MethodSpec(
+            "oracle+sap",
+            "maps",
+            "sap",
+            ("attention",),
+            help="extracted maps with SAP budgets",
+            families=ANY_FAMILY,
+        ),
         MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
         MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
         MethodSpec(
-            "cdpruner", "cdpruner", "fixed", help="CDPruner: conditional DPP over the visual embeddings"
+            "cdpruner",
+            "cdpruner",
+            "fixed",
+            help="CDPruner: conditional DPP over the visual embeddings",
+            families=ANY_FAMILY,
         ),
         MethodSpec(
             "coverage", "coverage", "fixed", help="spatial coverage: farthest-point sampling of boxes"
@@ -71,6 +110,13 @@ METHODS: dict[str, MethodSpec] = {
             ("prediction",),
             help="Efficient3D predictor maps; --alpha: its adaptive token ratio (ATR)",
             adaptive=True,
+        ),
+        MethodSpec(
+            "fastervlm",
+            "cls",
+            "fixed",
+            help="FasterVLM: [CLS] attention of the vision tower",
+            families=("llava",),
         ),
     )
 }
@@ -138,6 +184,9 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
     """Check the options that do not need any file (exit 2 on a bad value). ``n_layers`` None (the model is
     not loaded yet): every check but the upper bound of ``--layer``."""
     spec = get_method(settings.method)
+    if "chatscene" not in spec.families:  # this module's budgets and scorers are Chat-Scene's
+        fits = ", ".join(n for n, s in METHODS.items() if "chatscene" in s.families)
+        raise UserError(f"--method {spec.name} does not fit Chat-Scene models; methods for chatscene: {fits}")
     if settings.granularity not in GRANULARITIES:
         raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
     check_layer(settings.layer, n_layers)
