@@ -11,7 +11,14 @@ oracle        extracted attention maps (an ``attention`` store)       --keep / -
 oracle+sap    the same                                                --alpha (SAP)
 gap           GAP logits (a ``prediction`` store, or --gap online)    --keep / --ratio
 gap+sap       the same                                                --alpha (SAP, §5.5)
+pyramiddrop   at each of --layers, layer l's attention of the last    --keep / --ratio (final) or
+              prompt token (PyramidDrop, several drops)               --stage-ratio (lambda)
+adatoken3d    at each of --layers, layer l-1 attention of every       --threshold (adaptive), or
+              instruction token (AdaToken-3D, several drops)          --keep / --ratio / --stage-ratio
 ============  ======================================================  ===========================
+
+The multi-stage methods drop at ``--layers`` (default: the quarters of the depth, PyramidDrop's 8,16,24 of
+32); see :mod:`fast3d_cli.pruning.multistage` and docs/methods-multistage.md.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class MethodSpec:
     map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
     min_layer: int = 0
     help: str = ""
+    multistage: bool = False  # drops at several layers (--layers, --stage-ratio)
+    threshold: bool = False  # takes the adaptive --threshold budget
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -51,6 +60,22 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
         MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
         MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
+        MethodSpec(
+            "pyramiddrop",
+            "pyramiddrop",
+            "fixed",
+            multistage=True,
+            help="PyramidDrop: drops at several layers",
+        ),
+        MethodSpec(
+            "adatoken3d",
+            "adatoken3d",
+            "fixed",
+            min_layer=1,
+            multistage=True,
+            threshold=True,
+            help="AdaToken-3D: attention-contribution gating at several layers",
+        ),
     )
 }
 
@@ -77,10 +102,18 @@ class PruningSettings:
     fixed_count: bool = False
     skip_padding: bool = False
     force: bool = False
+    layers: tuple[int, ...] | None = None  # multi-stage drop layers (None: the method's default)
+    stage_ratio: float | None = None
+    threshold: float | None = None
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("force")
+        for option in ("layers", "stage_ratio", "threshold"):  # multi-stage options: only when given
+            if data[option] is None:
+                data.pop(option)
+        if "layers" in data:
+            data["layers"] = list(data["layers"])
         for flag in ("fixed_count", "skip_padding"):  # recorded only when on: earlier runs stay resumable
             if not data[flag]:
                 data.pop(flag)
@@ -100,10 +133,17 @@ class Budget:
     keep: int | None = None
     alpha: float | None = None
     notes: list[str] = field(default_factory=list)
+    layers: tuple[int, ...] = ()  # multi-stage: every drop layer (``layer`` is the first)
+    stage_keep: tuple[int, ...] = ()  # multi-stage fixed budgets: groups kept after each drop
+    threshold: float | None = None  # multi-stage adaptive gating
 
     @property
     def n_visual(self) -> int:
         return self.group * self.n_groups
+
+    @property
+    def drop_layers(self) -> tuple[int, ...]:
+        return self.layers or (self.layer,)
 
 
 def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
@@ -112,6 +152,14 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
     spec = get_method(settings.method)
     if settings.granularity not in GRANULARITIES:
         raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
+    if spec.multistage:
+        from fast3d_cli.pruning.multistage import validate_multistage
+
+        return validate_multistage(spec, settings, n_layers)
+    if settings.layers is not None or settings.stage_ratio is not None or settings.threshold is not None:
+        raise UserError(
+            f"--layers/--stage-ratio/--threshold apply to the multi-stage methods, not {spec.name}"
+        )
     check_layer(settings.layer, n_layers)
     if settings.layer < spec.min_layer:
         raise UserError(
@@ -157,6 +205,10 @@ def resolve_budget(
 ) -> Budget:
     group = GRANULARITIES[settings.granularity]
     n_groups = n_objects * 3 // group
+    if spec.multistage:
+        from fast3d_cli.pruning.multistage import resolve_multistage_budget
+
+        return resolve_multistage_budget(spec, settings, n_layers, group, n_groups)
     budget = Budget(settings.layer, group, n_groups, n_layers)
     if spec.budget == "fixed":
         keep = (
@@ -181,19 +233,30 @@ def resolve_budget(
     return budget
 
 
-def kept_summary(kept_tokens: Sequence[int], budget: Budget) -> dict[str, float]:
-    """Both ratio definitions (§5.7) for a set of per-sample kept visual-token counts."""
-    from fast3d_cli.pruning.budgets import input_level_ratio, layer_averaged_ratio
+def kept_summary(
+    kept_tokens: Sequence[int], budget: Budget, stage_tokens: Sequence[Sequence[int]] | None = None
+) -> dict[str, float]:
+    """Both ratio definitions (§5.7) for a set of per-sample kept visual-token counts (after the last drop;
+    ``stage_tokens``: per sample, the tokens kept after each drop, for multi-stage budgets)."""
+    from fast3d_cli.pruning.budgets import (
+        input_level_ratio,
+        layer_averaged_ratio,
+        multistage_layer_averaged_ratio,
+    )
 
     n_visual = budget.n_visual
-    if budget.keep is None and budget.alpha is None:
+    if budget.keep is None and budget.alpha is None and not budget.layers:
         return {"input_ratio": 0.0, "layer_averaged_ratio": 0.0, "mean_kept_tokens": float(n_visual)}
     mean_kept = sum(kept_tokens) / len(kept_tokens) if kept_tokens else float("nan")
+    if budget.layers:
+        fixed = [s * budget.group for s in budget.stage_keep[:-1]]  # records without per-drop counts
+        stages = stage_tokens if stage_tokens is not None else [[*fixed, k] for k in kept_tokens]
+        averaged = multistage_layer_averaged_ratio(stages, n_visual, budget.layers, budget.n_layers)
+    else:
+        averaged = layer_averaged_ratio(kept_tokens, n_visual, budget.layer, budget.n_layers)
     return {
         "input_ratio": round(input_level_ratio(kept_tokens, n_visual), 4),
-        "layer_averaged_ratio": round(
-            layer_averaged_ratio(kept_tokens, n_visual, budget.layer, budget.n_layers), 4
-        ),
+        "layer_averaged_ratio": round(averaged, 4),
         "mean_kept_tokens": round(mean_kept, 4),
     }
 
