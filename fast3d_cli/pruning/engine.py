@@ -310,6 +310,52 @@ def next_layer_attention(
     return head_mean_attention(query, key, rows, key_valid, attention.scaling, hidden.dtype)
 
 
+def attention_group_scores(
+    attention: Tensor, index: Tensor, visual_start: Tensor, n_visual: int, group: int
+) -> Tensor:
+    """Group scores [B, M] from the attention [B, R, T] of the last ``R`` slots of a (pruned) sequence whose
+    slot ``t`` holds original prompt token ``index[b, t]`` (``-1``: padding): the mean over the query rows
+    that are real tokens after the visual span (one row: that row as is), summed per group of the original
+    visual tokens ``visual_start[b] + [0, n_visual)``; tokens no longer present score 0."""
+    rows = index[:, index.shape[1] - attention.shape[1] :]
+    is_query = (rows >= (visual_start + n_visual)[:, None]).float()
+    weights = is_query / is_query.sum(1, keepdim=True).clamp(min=1)
+    token = (attention * weights[:, :, None]).sum(1)  # [B, T]
+    if attention.shape[1] == 1:
+        token = attention[:, 0]  # the last prompt token alone: no averaging (bitwise as FastV)
+    relative = index - visual_start[:, None]
+    in_span = (index >= 0) & (relative >= 0) & (relative < n_visual)
+    visual = token.new_zeros(token.shape[0], n_visual + 1)
+    visual.scatter_(1, torch.where(in_span, relative, n_visual), torch.where(in_span, token, 0.0))
+    return group_scores_from_attention(visual[:, :n_visual], group)
+
+
+def select_groups(drop: DropPoint, scores: Tensor, alive: Tensor, excluded: Tensor | None = None) -> Tensor:
+    """[B, M] bool: the groups kept after ``drop``, the top-scoring ones among the ``alive`` groups, as many
+    as its budget says (``excluded`` groups rank below every other surviving group). The ranking of
+    :func:`fast3d_kernels.select_gather`: float32, ties to the lower index, official SAP counts."""
+    from fast3d_kernels.reference import order_key, sap_counts
+
+    device = alive.device
+    scores = scores.to(device).float()
+    if excluded is not None:
+        scores = scores.masked_fill(excluded.to(device), float("-inf"))
+    scores = scores.masked_fill(~alive, float("nan"))  # below every surviving group, also excluded ones
+    if drop.keep is not None:
+        counts = drop.keep.to(device).long().clamp(min=0)
+    elif drop.alpha is not None:
+        counts = sap_counts(scores, drop.alpha.to(device).float())
+    else:
+        finite = scores.nan_to_num(nan=float("-inf"))
+        best = finite.max(1, keepdim=True).values
+        counts = (finite >= drop.threshold.to(device).float()[:, None] * best).sum(1)
+    counts = torch.minimum(counts, alive.sum(1))
+    order = torch.sort(order_key(scores), dim=1, descending=True, stable=True).indices
+    ranks = torch.arange(order.shape[1], device=device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)
+    return rank < counts[:, None]
+
+
 @dataclass
 class _Sequence:
     """The prompt as one stage sees it: hidden states, RoPE positions, key validity and, per slot, the
@@ -396,46 +442,11 @@ class PrunedDecoder:
         return int(first.min())
 
     def _attention_scores(self, attention: Tensor, seq: _Sequence, visual_start: Tensor) -> Tensor:
-        """[B, R, T] attention of the query rows -> [B, M] group scores: the rows' mean (instruction rows
-        only: real tokens after the visual span), mapped back to the original visual tokens."""
-        plan, n = self.plan, self.plan.n_visual
-        rows = seq.index[:, seq.index.shape[1] - attention.shape[1] :]
-        is_query = (rows >= (visual_start + n)[:, None]).float()
-        weights = is_query / is_query.sum(1, keepdim=True).clamp(min=1)
-        token = (attention * weights[:, :, None]).sum(1)  # [B, T]
-        if attention.shape[1] == 1:
-            token = attention[:, 0]  # the last prompt token alone: no averaging (bitwise as FastV)
-        relative = seq.index - visual_start[:, None]
-        in_span = (seq.index >= 0) & (relative >= 0) & (relative < n)
-        visual = token.new_zeros(token.shape[0], n + 1)
-        visual.scatter_(1, torch.where(in_span, relative, n), torch.where(in_span, token, 0.0))
-        return group_scores_from_attention(visual[:, :n], plan.group)
+        plan = self.plan
+        return attention_group_scores(attention, seq.index, visual_start, plan.n_visual, plan.group)
 
     def _select(self, drop: DropPoint, scores: Tensor, alive: Tensor) -> Tensor:
-        """[B, M] groups kept after ``drop``: the top groups among the ``alive`` ones, as many as its
-        budget says. Ranking of :func:`fast3d_kernels.select_gather` (float32, ties to the lower index)."""
-        from fast3d_kernels.reference import order_key, sap_counts
-
-        device = alive.device
-        scores = scores.to(device).float()
-        if self.plan.excluded is not None:
-            scores = scores.masked_fill(self.plan.excluded.to(device), float("-inf"))
-        scores = scores.masked_fill(~alive, float("nan"))  # below every surviving group, also excluded ones
-        n_alive = alive.sum(1)
-        if drop.keep is not None:
-            counts = drop.keep.to(device).long().clamp(min=0)
-        elif drop.alpha is not None:
-            counts = sap_counts(scores, drop.alpha.to(device).float())
-        else:
-            finite = scores.nan_to_num(nan=float("-inf"))
-            best = finite.max(1, keepdim=True).values
-            counts = (finite >= drop.threshold.to(device).float()[:, None] * best).sum(1)
-        counts = torch.minimum(counts, n_alive)
-        order = torch.sort(order_key(scores), dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(order.shape[1], device=device).expand_as(order)
-        )
-        return rank < counts[:, None]
+        return select_groups(drop, scores, alive, self.plan.excluded)
 
     def _remove(self, seq: _Sequence, kept_groups: Tensor, visual_start: Tensor) -> _Sequence:
         """The sequence without the visual tokens of unselected groups, right-aligned (left padding), kept
