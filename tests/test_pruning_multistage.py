@@ -404,3 +404,30 @@ def test_bad_multistage_options_exit_2(capsys, data_config, tmp_path, extra, mes
     code, _, stderr = fast3d(capsys, *args, *extra)
     assert code == 2 and message in stderr and one_error_line(stderr), stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["pyramiddrop", "adatoken3d"])
+def test_generic_path_equals_the_evaluation(name, four_layer_model, data_config) -> None:
+    from fast3d_cli.data import SceneBank, load_samples
+    from fast3d_cli.evaluation.runner import generate_answers
+    from fast3d_cli.models.adapter import ChatSceneAdapter
+    from fast3d_cli.pruning.generic import prune_generate
+    from fast3d_cli.pruning.methods import PruningSettings
+    from fast3d_cli.pruning.pruner import Pruner
+    from tests.test_adapter_chat_scene import chat_scene_batch
+
+    options = {"keep": 12} if name == "pyramiddrop" else {"threshold": 0.3}
+    pruner = Pruner(PruningSettings(method=name, **options), four_layer_model, "tiny", data_config)
+    samples = load_samples(data_config, "scanqa", "val")[:3]
+    bank = SceneBank(data_config, "val")
+    config = GenerationConfig(num_beams=2, max_new_tokens=3)
+    expected = generate_answers(four_layer_model, bank, samples, config, pruner)
+    budget = pruner.budget
+    budgets = {"stage_keep": budget.stage_keep} if name == "pyramiddrop" else {"threshold": 0.3}
+    adapter = ChatSceneAdapter(four_layer_model, group=3)
+    got = prune_generate(
+        adapter, chat_scene_batch(samples, bank), name, gen=config, layers=budget.layers, **budgets
+    )
+    assert got.texts == expected.texts and got.kept_tokens == expected.kept_visual
+    with pytest.raises(ValueError, match="exactly one of"):
+        prune_generate(adapter, chat_scene_batch(samples, bank), name, layers=budget.layers)
