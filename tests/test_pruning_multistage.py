@@ -431,3 +431,25 @@ def test_generic_path_equals_the_evaluation(name, four_layer_model, data_config)
     assert got.texts == expected.texts and got.kept_tokens == expected.kept_visual
     with pytest.raises(ValueError, match="exactly one of"):
         prune_generate(adapter, chat_scene_batch(samples, bank), name, layers=budget.layers)
+
+
+def test_summary_line_names_every_drop() -> None:
+    from fast3d_cli.cli.tables import summary_lines
+
+    pruning = {
+        "method": "pyramiddrop",
+        "keep": 12,
+        "layer": 1,
+        "layers": [1, 2, 3],
+        "stage_keep": [50, 25, 12],
+    }
+    pruning |= {
+        "layer_averaged_ratio": 50.0,
+        "input_ratio": 88.0,
+        "mean_kept_tokens": 36.0,
+        "flops_ratio": 0.5,
+    }
+    line = summary_lines({"pruning": pruning})[0]
+    assert line.startswith("pyramiddrop (keep 50/25/12, layers 1,2,3): pruned 50.00% layer-averaged")
+    pruning |= {"method": "adatoken3d", "stage_keep": None, "threshold": 0.05, "keep": None}
+    assert summary_lines({"pruning": pruning})[0].startswith("adatoken3d (threshold 0.05, layers 1,2,3)")
