@@ -453,3 +453,23 @@ def test_summary_line_names_every_drop() -> None:
     assert line.startswith("pyramiddrop (keep 50/25/12, layers 1,2,3): pruned 50.00% layer-averaged")
     pruning |= {"method": "adatoken3d", "stage_keep": None, "threshold": 0.05, "keep": None}
     assert summary_lines({"pruning": pruning})[0].startswith("adatoken3d (threshold 0.05, layers 1,2,3)")
+
+
+def test_resumed_runs_see_the_drop_schedule(four_layer_model, data_config) -> None:
+    from fast3d_cli.data import load_samples
+    from fast3d_cli.pruning.methods import PruningSettings
+    from fast3d_cli.pruning.pruner import Pruner
+
+    samples = load_samples(data_config, "scanqa", "val")[:2]
+
+    def identity(**options):
+        settings = PruningSettings(method="pyramiddrop", **options)
+        pruner = Pruner(settings, four_layer_model, "tiny", data_config)
+        return settings.identity(), pruner.resolved_identity(samples)
+
+    default, default_resolved = identity(stage_ratio=0.5)
+    assert "layers" not in default and default_resolved["tasks"]["scanqa"]["layers"] == [1, 2, 3]
+    explicit, explicit_resolved = identity(stage_ratio=0.5, layers=(1, 3))
+    assert explicit["layers"] == [1, 3] and explicit_resolved != default_resolved
+    assert identity(stage_ratio=0.25)[1] != default_resolved
+    assert "layers" not in PruningSettings(method="fastv", layer=1, keep=3).identity()

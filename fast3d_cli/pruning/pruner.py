@@ -142,6 +142,9 @@ class Pruner:
         tasks: dict[str, dict[str, Any]] = {}
         for sample in samples:
             tasks.setdefault(sample.task, {"keep": b.keep, "alpha": b.alpha, "split": sample.split})
+            if b.layers:  # multi-stage: every drop and its budget (single-drop identities stay unchanged)
+                tasks[sample.task] |= {"layers": list(b.layers), "stage_keep": list(b.stage_keep)}
+                tasks[sample.task]["threshold"] = b.threshold
         if self.maps is not None:
             for task, entry in tasks.items():
                 rows = [s for s in samples if s.task == task]
