@@ -473,3 +473,23 @@ def test_resumed_runs_see_the_drop_schedule(four_layer_model, data_config) -> No
     assert explicit["layers"] == [1, 3] and explicit_resolved != default_resolved
     assert identity(stage_ratio=0.25)[1] != default_resolved
     assert "layers" not in PruningSettings(method="fastv", layer=1, keep=3).identity()
+
+
+def test_next_layer_attention_with_per_head_query_key_norms() -> None:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, vocab_size=50,
+    )  # fmt: skip
+    model = Qwen3ForCausalLM._from_config(config, attn_implementation="eager").eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            param.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.3 * noise)
+        embeds, mask = torch.randn(2, 9, 32, generator=gen), torch.ones(2, 9, dtype=torch.long)
+        attentions, hidden, positions = eager_attentions(model, embeds, mask)
+        layer, rotary = model.model.layers[2], model.model.rotary_emb
+        got = next_layer_attention(layer, rotary, hidden[2], positions, mask.bool(), 8)
+    assert (got - attentions[2][:, :, -1:].mean(1)).abs().max() < 1e-6

@@ -302,8 +302,11 @@ def next_layer_attention(
     normed = layer.input_layernorm(hidden)
     rows = torch.arange(row_start, hidden.shape[1], device=hidden.device)
     batch, head_dim = hidden.shape[0], attention.head_dim
-    query = attention.q_proj(normed[:, rows]).view(batch, rows.numel(), -1, head_dim).transpose(1, 2)
-    key = attention.k_proj(normed).view(batch, hidden.shape[1], -1, head_dim).transpose(1, 2)
+    query = attention.q_proj(normed[:, rows]).view(batch, rows.numel(), -1, head_dim)
+    key = attention.k_proj(normed).view(batch, hidden.shape[1], -1, head_dim)
+    if hasattr(attention, "q_norm"):  # per-head query/key norms (Qwen3-style layers)
+        query, key = attention.q_norm(query), attention.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)
     cos, sin = rotary(hidden, position_ids=positions)
     query, _ = apply_rotary_pos_emb(query, query, cos[:, rows], sin[:, rows])
     _, key = apply_rotary_pos_emb(key, key, cos, sin)
