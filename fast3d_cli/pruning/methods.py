@@ -11,12 +11,17 @@ oracle        extracted attention maps (an ``attention`` store)       --keep / -
 oracle+sap    the same                                                --alpha (SAP)
 gap           GAP logits (a ``prediction`` store, or --gap online)    --keep / --ratio
 gap+sap       the same                                                --alpha (SAP, §5.5)
+cdpruner      conditional DPP: diversity x instruction relevance      --keep / --ratio
+coverage      farthest-point sampling over the object box centres     --keep / --ratio
+efficient3d   Efficient3D predictor maps (a ``prediction`` store)     --keep / --ratio, or --alpha
+                                                                      (ATR, the adaptive ratio)
 pyramiddrop   at each of --layers, layer l's attention of the last    --keep / --ratio (final) or
               prompt token (PyramidDrop, several drops)               --stage-ratio (lambda)
 adatoken3d    at each of --layers, layer l-1 attention of every       --threshold (adaptive), or
               instruction token (AdaToken-3D, several drops)          --keep / --ratio / --stage-ratio
 ============  ======================================================  ===========================
 
+docs/methods-before-llm.md describes cdpruner, coverage and efficient3d and the choices made for them.
 The multi-stage methods drop at ``--layers`` (default: the quarters of the depth, PyramidDrop's 8,16,24 of
 32); see :mod:`fast3d_cli.pruning.multistage` and docs/methods-multistage.md.
 """
@@ -45,6 +50,7 @@ class MethodSpec:
     map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
     min_layer: int = 0
     help: str = ""
+    adaptive: bool = False  # a "fixed" method that also takes --alpha: its adaptive (SAP-style) budget
     multistage: bool = False  # drops at several layers (--layers, --stage-ratio)
     threshold: bool = False  # takes the adaptive --threshold budget
 
@@ -60,6 +66,20 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
         MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
         MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
+        MethodSpec(
+            "cdpruner", "cdpruner", "fixed", help="CDPruner: conditional DPP over the visual embeddings"
+        ),
+        MethodSpec(
+            "coverage", "coverage", "fixed", help="spatial coverage: farthest-point sampling of boxes"
+        ),
+        MethodSpec(
+            "efficient3d",
+            "maps",
+            "fixed",
+            ("prediction",),
+            help="Efficient3D predictor maps; --alpha: its adaptive token ratio (ATR)",
+            adaptive=True,
+        ),
         MethodSpec(
             "pyramiddrop",
             "pyramiddrop",
@@ -78,6 +98,13 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
+
+
+def budget_kind(spec: MethodSpec, settings: PruningSettings) -> str:
+    """The budget a run uses: the method's, or "sap" for an adaptive method given --alpha."""
+    if spec.adaptive and settings.alpha is not None:
+        return "sap"
+    return spec.budget
 
 
 def get_method(name: str) -> MethodSpec:
@@ -171,18 +198,22 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
         check_alpha(float(settings.alpha))
     if settings.keep is not None and settings.keep < 0:
         raise UserError(f"--keep must be >= 0, got {settings.keep}")
-    if spec.budget == "fixed" and (settings.keep is None) == (settings.ratio is None):
-        raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio")
-    if spec.budget == "sap":
+    kind = budget_kind(spec, settings)
+    if spec.adaptive and kind == "sap" and (settings.keep is not None or settings.ratio is not None):
+        raise UserError(f"--method {spec.name} takes one of --keep, --ratio or --alpha")
+    if kind == "fixed" and (settings.keep is None) == (settings.ratio is None):
+        alpha = " (or --alpha, its adaptive budget)" if spec.adaptive else ""
+        raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio{alpha}")
+    if kind == "sap":
         if settings.alpha is None:
             raise UserError(f"--method {spec.name} needs --alpha (a number in (0, 1], or auto)")
         if settings.granularity != "object":
             raise UserError("SAP budgets are computed over objects: use --granularity object")
-    if settings.fixed_count and (spec.budget != "sap" or settings.maps is None):
+    if settings.fixed_count and (kind != "sap" or settings.maps is None):
         raise UserError("--fixed-count applies to the +sap methods with --maps (budgets are set per request)")
-    if spec.budget != "sap" and settings.alpha is not None:
+    if kind != "sap" and settings.alpha is not None:
         raise UserError(f"--alpha applies to the +sap methods, not {spec.name}")
-    if spec.budget != "fixed" and (settings.keep is not None or settings.ratio is not None):
+    if kind != "fixed" and (settings.keep is not None or settings.ratio is not None):
         raise UserError(f"--keep/--ratio do not apply to --method {spec.name}")
     if spec.scorer == "maps":
         online = "prediction" in spec.map_kinds
@@ -210,7 +241,8 @@ def resolve_budget(
 
         return resolve_multistage_budget(spec, settings, n_layers, group, n_groups)
     budget = Budget(settings.layer, group, n_groups, n_layers)
-    if spec.budget == "fixed":
+    kind = budget_kind(spec, settings)
+    if kind == "fixed":
         keep = (
             settings.keep
             if settings.keep is not None
@@ -219,7 +251,7 @@ def resolve_budget(
         if keep > n_groups:
             raise UserError(f"--keep {keep} exceeds the {n_groups} {settings.granularity}s per sample")
         return Budget(settings.layer, group, n_groups, n_layers, keep=keep)
-    if spec.budget == "sap":
+    if kind == "sap":
         alpha = settings.alpha
         if alpha == "auto":
             if store_alpha is None:
