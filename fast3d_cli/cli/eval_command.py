@@ -91,6 +91,32 @@ def eval_command(
     granularity: Annotated[
         str, typer.Option(help="object (3 tokens together) or token.", rich_help_panel="Pruning")
     ] = "object",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Multi-stage methods: drop layers, e.g. 8,16,24 (default: the quarters of the depth).",
+            rich_help_panel="Pruning",
+        ),
+    ] = None,
+    stage_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--stage-ratio",
+            help="Multi-stage methods: keep this fraction of the remaining visual tokens at each drop "
+            "(PyramidDrop's lambda).",
+            rich_help_panel="Pruning",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="adatoken3d: drop tokens whose attention contribution is below this fraction of the "
+            "strongest one's, at each drop layer (adaptive; paper: 0.05).",
+            rich_help_panel="Pruning",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of --method random.", rich_help_panel="Pruning")] = 0,
     baseline: Annotated[
         Path | None,
@@ -194,7 +220,8 @@ def eval_command(
         scanqa_clean_references=scanqa_clean_refs,
         scan2cap_sos_eos=scan2cap_sos_eos,
         pruning=pruning_settings(
-            method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, skip_padding, force
+            method, maps, gap, keep, ratio, alpha, layer, granularity, seed, fixed_count, skip_padding, force,
+            layers=layers, stage_ratio=stage_ratio, threshold=threshold,
         ),
     )
     validate(settings.pruning, None)
@@ -249,6 +276,9 @@ def pruning_settings(
     fixed_count: bool,
     skip_padding: bool,
     force: bool,
+    layers: str | None = None,
+    stage_ratio: float | None = None,
+    threshold: float | None = None,
 ):
     from fast3d_cli.errors import UserError
     from fast3d_cli.pruning.methods import PruningSettings
@@ -263,5 +293,18 @@ def pruning_settings(
     return PruningSettings(
         method=method, layer=layer, keep=keep, ratio=ratio, alpha=parsed_alpha, granularity=granularity,
         seed=seed, maps=location, gap=gap, fixed_count=fixed_count,
-        skip_padding=skip_padding, force=force,
+        skip_padding=skip_padding, force=force, layers=parse_layers(layers),
+        stage_ratio=stage_ratio, threshold=threshold,
     )  # fmt: skip
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``--layers 8,16,24`` -> (8, 16, 24)."""
+    from fast3d_cli.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--layers must be comma-separated layers such as 8,16,24, got {text!r}") from None

@@ -33,8 +33,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     p = result.get("pruning") or {}
     if p.get("method", "none") != "none":
         budget = f"keep {p['keep']}" if p.get("keep") is not None else f"alpha {p.get('alpha')}"
+        where = f"layer {p['layer']}"
+        if p.get("layers"):  # multi-stage: every drop layer, and the per-drop counts or the threshold
+            stages = p.get("stage_keep")
+            budget = f"keep {'/'.join(map(str, stages))}" if stages else f"threshold {p.get('threshold')}"
+            where = f"layers {','.join(map(str, p['layers']))}"
         lines.append(
-            f"{p['method']} ({budget}, layer {p['layer']}): pruned {p['layer_averaged_ratio']:.2f}% "
+            f"{p['method']} ({budget}, {where}): pruned {p['layer_averaged_ratio']:.2f}% "
             f"layer-averaged / {p['input_ratio']:.2f}% input-level, {p['mean_kept_tokens']:.1f} visual "
             f"tokens kept, prefill FLOPs x{p['flops_ratio']}"
         )

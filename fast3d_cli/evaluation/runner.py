@@ -137,7 +137,12 @@ def _prepare_output(
 
 
 def prediction_record(
-    sample: Sample, text: str, kept_visual: int, prompt_tokens: int, kept_objects: list[int] | None = None
+    sample: Sample,
+    text: str,
+    kept_visual: int,
+    prompt_tokens: int,
+    kept_objects: list[int] | None = None,
+    kept_stages: list[int] | None = None,
 ) -> dict[str, Any]:
     record = {
         "index": sample.index,
@@ -154,6 +159,8 @@ def prediction_record(
     }
     if kept_objects is not None:
         record["kept_objects"] = kept_objects
+    if kept_stages is not None:  # multi-stage pruning: visual tokens kept after each drop
+        record["kept_visual_stages"] = kept_stages
     return record
 
 
@@ -163,6 +170,7 @@ class GeneratedBatch:
     kept_visual: list[int]
     prompt_tokens: list[int]
     kept_objects: list[list[int] | None]
+    kept_stages: list[list[int] | None] | None = None
 
 
 def generate_answers(
@@ -204,7 +212,8 @@ def generate_answers(
     kept = plan.kept_tokens() if plan is not None else [n_visual] * len(samples)
     objects = plan.kept_objects() if plan is not None else [None] * len(samples)
     prompt_tokens = inputs.attention_mask.sum(-1).tolist()
-    return GeneratedBatch(decode_batch(model.tokenizer, ids), kept, prompt_tokens, objects)
+    stages = plan.kept_stage_tokens() if plan is not None else None
+    return GeneratedBatch(decode_batch(model.tokenizer, ids), kept, prompt_tokens, objects, stages)
 
 
 def _metric_context(data: DataConfig, bank: SceneBank, tasks: Sequence[str]):
@@ -280,10 +289,17 @@ class _Generation:
             out = generate_answers(
                 self.model, self.bank, batch, self.settings.generation, self.pruner, self.timer
             )
+            stages = out.kept_stages or [None] * len(batch)
             log.append(
-                prediction_record(s, t, k, n, o)
-                for s, t, k, n, o in zip(
-                    batch, out.texts, out.kept_visual, out.prompt_tokens, out.kept_objects, strict=True
+                prediction_record(s, t, k, n, o, g)
+                for s, t, k, n, o, g in zip(
+                    batch,
+                    out.texts,
+                    out.kept_visual,
+                    out.prompt_tokens,
+                    out.kept_objects,
+                    stages,
+                    strict=True,
                 )
             )
             if self.progress:  # the ranks advance about equally: this rank's count stands for each one's
@@ -426,6 +442,7 @@ def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_conf
 
     budget = pruner.budget
     kept_all: list[int] = []
+    stages_all: list[list[int]] = []
     prompts: list[int] = []
     per_task = {}
     for task in settings.tasks:
@@ -433,18 +450,29 @@ def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_conf
         kept = [int(r.get("kept_visual_tokens", budget.n_visual)) for r in records]
         kept_all += kept
         prompts += [int(r.get("prompt_tokens", 0)) for r in records]
-        per_task[task] = kept_summary(kept, budget)
-    removed = [budget.n_visual - k for k in kept_all]
-    pruned_gflops = mean_prefill_gflops(llm_config, prompts, removed, budget.layer)
-    dense_gflops = mean_prefill_gflops(llm_config, prompts, [0] * len(prompts), budget.layer)
+        stages = _stage_counts(records, kept, budget)
+        stages_all += stages
+        per_task[task] = kept_summary(kept, budget, stages if budget.layers else None)
+    removed = [[budget.n_visual - k for k in row] for row in stages_all]
+    pruned_gflops = mean_prefill_gflops(llm_config, prompts, removed, budget.drop_layers)
+    dense = [[0] * len(budget.drop_layers)] * len(prompts)
+    dense_gflops = mean_prefill_gflops(llm_config, prompts, dense, budget.drop_layers)
     return {
         **pruner.describe(),
-        **kept_summary(kept_all, budget),
+        **kept_summary(kept_all, budget, stages_all if budget.layers else None),
         "per_task": per_task,
         "prefill_gflops_per_sample": round(pruned_gflops, 4),
         "dense_prefill_gflops_per_sample": round(dense_gflops, 4),
         "flops_ratio": round(pruned_gflops / dense_gflops, 4) if dense_gflops else None,
     }
+
+
+def _stage_counts(records: Any, kept: list[int], budget: Any) -> list[list[int]]:
+    """Per record, the visual tokens kept after each drop (one drop: the kept count)."""
+    if not budget.layers:
+        return [[k] for k in kept]
+    fixed = [s * budget.group for s in budget.stage_keep[:-1]]
+    return [list(r.get("kept_visual_stages") or [*fixed, k]) for r, k in zip(records, kept, strict=True)]
 
 
 def add_score_ratio(result: dict[str, Any], baseline: dict[str, Any], baseline_dir: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Items are objects (Chat-Scene: 3 tokens each) or single tokens. Two pruning rati
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,80 @@ def reference_alpha(logits: Any, top: int = 10) -> float:
 
     scores = torch.as_tensor(np.asarray(logits, dtype=np.float32)).float()
     return float(scores.softmax(-1).topk(min(top, scores.shape[1]), dim=-1).values.sum(-1).mean())
+
+
+# Multi-stage pruning (PyramidDrop, AdaToken-3D): visual items leave at several layers.
+
+
+def default_drop_layers(n_layers: int) -> tuple[int, ...]:
+    """PyramidDrop's layer list scaled to the depth: the quarters (8, 16, 24 of 32; 1, 2, 3 of 4)."""
+    layers = sorted({round(n_layers * i / 4) for i in (1, 2, 3)})
+    return tuple(layer for layer in layers if 1 <= layer < n_layers)
+
+
+def check_drop_layers(layers: Any, n_layers: int | None) -> tuple[int, ...]:
+    layers = tuple(int(x) for x in layers)
+    if not layers or any(b <= a for a, b in pairwise(layers)):
+        shown = ",".join(map(str, layers))
+        raise UserError(f"--layers must be a strictly increasing list of layers, got {shown!r}")
+    for layer in layers:
+        check_layer(layer, n_layers)
+    return layers
+
+
+def stage_keep_counts(n_items: int, stage_ratio: float, n_drops: int) -> tuple[int, ...]:
+    """Items kept after each drop with PyramidDrop's per-stage ratio lambda: ``int(n * lambda**i)`` of the
+    original count after drop ``i`` (the official ``image_token_ratio_list`` [lambda, lambda^2, ...],
+    truncated like ``int()`` there)."""
+    if not 0.0 < float(stage_ratio) <= 1.0:
+        raise UserError(f"--stage-ratio must be in (0, 1], got {stage_ratio}")
+    return tuple(int(n_items * stage_ratio**i) for i in range(1, n_drops + 1))
+
+
+def geometric_keep_counts(n_items: int, keep: int, n_drops: int) -> tuple[int, ...]:
+    """A PyramidDrop schedule ending at exactly ``keep`` items: lambda = (keep / n)^(1 / drops), earlier
+    drops keep ``round(n * lambda**i)``."""
+    if not 0 <= keep <= n_items:
+        raise UserError(f"--keep must be in [0, {n_items}], got {keep}")
+    lam = (keep / n_items) ** (1.0 / n_drops) if n_items else 0.0
+    counts = [max(keep, min(n_items, round(n_items * lam**i))) for i in range(1, n_drops)]
+    return (*counts, keep)
+
+
+def multistage_layer_averaged_ratio(
+    stage_kept: Any, n_items: int, layers: tuple[int, ...], n_layers: int
+) -> float:
+    """The paper's ratio (§5.7) for several drops: the percent of visual items absent, averaged over the
+    ``L`` layers; ``stage_kept`` [samples, drops] items kept after each drop."""
+    kept = np.asarray(stage_kept, dtype=np.float64).reshape(-1, len(layers))
+    if not kept.size or not n_items:
+        return 0.0
+    spans = np.diff([*layers, n_layers]) / n_layers
+    return float(100.0 * ((1.0 - kept.mean(0) / n_items) * spans).sum())
+
+
+def ratio_keep_counts(ratio: float, n_items: int, layers: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
+    """The geometric schedule whose layer-averaged ratio is closest to ``ratio`` percent (bisection on
+    lambda, then rounding)."""
+    check_ratio(ratio)
+    reachable = multistage_layer_averaged_ratio([0] * len(layers), n_items, layers, n_layers)
+    if ratio > reachable:
+        raise UserError(
+            f"--ratio {ratio:g} cannot be reached when the first drop is at layer {layers[0]} of {n_layers}: "
+            f"at most {reachable:.2f}% of the visual tokens are absent on average"
+        )
+
+    def schedule(lam: float) -> tuple[int, ...]:
+        return tuple(round(n_items * lam**i) for i in range(1, len(layers) + 1))
+
+    low, high = 0.0, 1.0  # the ratio decreases as lambda grows
+    for _ in range(60):
+        mid = (low + high) / 2
+        spans = np.diff([*layers, n_layers]) / n_layers
+        value = 100.0 * float(((1.0 - mid ** np.arange(1, len(layers) + 1)) * spans).sum())
+        low, high = (mid, high) if value > ratio else (low, mid)
+    candidates = {schedule(low), schedule(high)}
+    return min(
+        candidates,
+        key=lambda c: abs(multistage_layer_averaged_ratio(list(c), n_items, layers, n_layers) - ratio),
+    )

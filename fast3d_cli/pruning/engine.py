@@ -1,24 +1,28 @@
 """Pruned inference with real token removal, and the official masking protocol it replaces.
 
 Both decoders run the layers of a Llama-style causal LM by hand (embedding, rotary table, decoder layers,
-final norm, LM head), as two *stages*: layers ``[0, K)`` see the whole prompt, layers ``[K, L)`` see the
-prompt without the pruned visual tokens.
+final norm, LM head), as *stages* separated by drop points ``l_1 < ... < l_n``: stage ``i`` runs layers
+``[l_i, l_{i+1})`` (``l_0 = 0``, the last stage ends at ``L``) on the prompt tokens that survived the drops
+so far. One drop at layer ``K`` (every single-drop method) is the list of one: ``[0, K)`` then ``[K, L)``.
 
-* :class:`PrunedDecoder` removes the pruned tokens from the hidden states before layer ``K``: layers
-  ``>= K`` run on a shorter (left-padded) sequence and cache fewer keys, while every kept token keeps its
+* :class:`PrunedDecoder` removes the pruned tokens from the hidden states before each drop layer: later
+  stages run on shorter (left-padded) sequences and cache fewer keys, while every kept token keeps its
   original RoPE position. The KV cache therefore holds different lengths per stage, and each stage carries
   its own key-validity mask (per row) that grows by one column per decoded token.
 * :class:`MaskedDecoder` is the official Fast3D implementation (spec §5.1): the sequence keeps its length
-  and the pruned keys are hidden from every query at layers ``>= K``. It gives the same outputs for a
-  static selection and no speed-up; it exists for the equivalence tests and the speed benchmark.
+  and the pruned keys are hidden from every query from their drop layer on. It gives the same outputs for
+  static selections and no speed-up; it exists for the equivalence tests and the speed benchmark.
 
-The selection is made once at prefill (``fastv`` included, from the last prompt token's head-mean attention
-at layer ``K-1``) and applied to every decode step and every beam of a row.
+Each selection is made once at prefill (attention-scored ones from the query rows' head-mean attention,
+computed for those rows only, at the layer the drop point names) and applied to every decode step and
+every beam of a row. Later drops choose among the groups the earlier ones kept.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -28,16 +32,54 @@ from fast3d_cli.generation.decoder import DecodeState, check_left_padded, positi
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
+ATTENTION_QUERIES = ("last", "instruction")
+ATTENTION_SOURCES = ("previous", "next")
+
+
+@dataclass
+class DropPoint:
+    """One removal: the visual tokens not selected leave the sequence before layer ``layer``.
+
+    Budget, exactly one of (all [B]): ``keep`` groups (counted over all ``n_groups``, clipped to the groups
+    still present), ``alpha`` (SAP: the fewest surviving top groups whose softmax mass reaches alpha) or
+    ``threshold`` (adaptive gating: the surviving groups whose score is at least ``threshold`` times the best
+    surviving score). ``scores`` [B, M], or None to score from attention during prefill: the head-mean
+    attention of the ``query`` rows ("last": the last prompt token; "instruction": every prompt token after
+    the visual span, averaged) to the visual tokens, summed per group, taken from ``attention`` "previous"
+    (the attention layer ``layer - 1`` computed, FastV) or "next" (layer ``layer``'s own query/key
+    projections applied to its not yet pruned input, PyramidDrop).
+    """
+
+    layer: int
+    keep: Tensor | None = None
+    alpha: Tensor | None = None
+    threshold: Tensor | None = None
+    scores: Tensor | None = None
+    query: str = "last"
+    attention: str = "previous"
+
+    def __post_init__(self) -> None:
+        if sum(b is not None for b in (self.keep, self.alpha, self.threshold)) != 1:
+            raise ValueError("a pruning plan needs exactly one of keep or alpha (or threshold) per drop")
+        if self.query not in ATTENTION_QUERIES or self.attention not in ATTENTION_SOURCES:
+            raise ValueError(
+                f"query must be one of {ATTENTION_QUERIES}, attention one of {ATTENTION_SOURCES}"
+            )
+        if self.scores is None and self.attention == "previous" and self.layer < 1:
+            raise ValueError("attention-scored pruning (fastv) needs layer >= 1")
+
+
 @dataclass
 class PruningPlan:
-    """What to remove from one batch.
+    """What to remove from one batch: one drop point (the fields below) and optionally ``later`` ones.
 
     ``scores`` [B, M]: one score per candidate group (an object = ``group`` consecutive visual tokens), or
     ``None`` for FastV (scores taken from layer ``K-1`` attention during prefill). Exactly one of ``keep``
-    ([B] groups to keep) or ``alpha`` ([B] SAP mass threshold) is set. ``visual_start`` [B]: first visual
-    token of each row in the left-padded prompt; ``n_groups * group`` visual tokens follow it.
-    ``excluded`` [B, M] bool: groups ranked last whatever their score (and given no SAP mass), e.g. the
-    zero-feature padding objects.
+    ([B] groups to keep) or ``alpha`` ([B] SAP mass threshold) is set (or ``threshold``, see
+    :class:`DropPoint`). ``visual_start`` [B]: first visual token of each row in the left-padded prompt;
+    ``n_groups * group`` visual tokens follow it. ``excluded`` [B, M] bool: groups ranked last whatever their
+    score (and given no SAP mass), e.g. the zero-feature padding objects. ``later``: further drop points at
+    increasing layers (multi-stage pruning); each selects among the groups that survived the previous one.
     """
 
     layer: int
@@ -48,12 +90,22 @@ class PruningPlan:
     keep: Tensor | None = None
     alpha: Tensor | None = None
     excluded: Tensor | None = None
+    threshold: Tensor | None = None
+    query: str = "last"
+    attention: str = "previous"
+    later: tuple[DropPoint, ...] = ()
 
     def __post_init__(self) -> None:
-        if (self.keep is None) == (self.alpha is None):
-            raise ValueError("a pruning plan needs exactly one of keep or alpha")
-        if self.scores is None and self.layer < 1:
-            raise ValueError("attention-scored pruning (fastv) needs layer >= 1")
+        layers = [drop.layer for drop in self.drops]  # validates every drop point
+        if any(b <= a for a, b in pairwise(layers)):
+            raise ValueError(f"drop layers must increase strictly, got {layers}")
+
+    @property
+    def drops(self) -> list[DropPoint]:
+        first = DropPoint(
+            self.layer, self.keep, self.alpha, self.threshold, self.scores, self.query, self.attention
+        )
+        return [first, *self.later]
 
     @property
     def n_visual(self) -> int:
@@ -63,10 +115,12 @@ class PruningPlan:
 @dataclass
 class PrefillReport:
     """What the prefill kept: ``kept_groups`` [B] and the kept visual token indices (relative to the
-    visual span, ``-1`` padded) ``kept_visual`` [B, n_visual]."""
+    visual span, ``-1`` padded) ``kept_visual`` [B, n_visual], after the last drop; ``stages``: the
+    ``kept_visual`` of every drop point in order (the last one is ``kept_visual``)."""
 
     kept_groups: Tensor
     kept_visual: Tensor
+    stages: list[Tensor] = field(default_factory=list)
 
 
 def _backbone(llm: nn.Module) -> nn.Module:
@@ -197,80 +251,238 @@ def group_scores_from_attention(attention: Tensor, group: int) -> Tensor:
     return attention.reshape(attention.shape[0], -1, group).sum(-1)
 
 
+def stages_for(layers: Sequence[int], n_layers: int) -> list[Stage]:
+    """Stage ``i`` runs layers ``[l_i, l_{i+1})`` (``l_0 = 0``, the last stage ends at ``n_layers``)."""
+    bounds = [0, *layers, n_layers]
+    return [Stage(a, b) for a, b in pairwise(bounds)]
+
+
+def head_mean_attention(
+    query: Tensor, key: Tensor, rows: Tensor, key_valid: Tensor, scaling: float, dtype: torch.dtype
+) -> Tensor:
+    """Head-mean softmax attention [B, R, T] of the query rows ``rows`` ([R] sequence indices; ``query``
+    [B, H, R, D] holds only those rows) over ``key`` [B, Hkv, T, D]: causal, valid keys only, float32
+    softmax cast to ``dtype`` before the head mean (as the eager attention, and PyramidDrop, do)."""
+    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * scaling  # [B, H, R, T]
+    keys = torch.arange(key.shape[2], device=key.device)
+    allowed = (keys[None, :] <= rows[:, None])[None] & key_valid[:, None, :]  # [B, R, T]
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    return scores.softmax(-1).to(dtype).float().mean(1)
+
+
+class _LayerProbe:
+    """Records, while layer ``layer`` runs (capture attention), the head-mean attention [B, R, T] of query
+    rows ``row_start..T-1``: only that layer, only those rows (no full attention matrix)."""
+
+    def __init__(self, layer: int, row_start: int, key_valid: Tensor) -> None:
+        self.layer = layer
+        self.row_start = row_start
+        self.key_valid = key_valid
+        self.attention: Tensor | None = None
+
+    def record(self, layer: int, query: Tensor, key: Tensor, attention_mask, scaling: float) -> None:
+        if layer != self.layer:
+            return
+        rows = torch.arange(self.row_start, query.shape[2], device=query.device)
+        self.attention = head_mean_attention(
+            query[:, :, rows], key, rows, self.key_valid, scaling, torch.float32
+        )
+
+
+def next_layer_attention(
+    layer: nn.Module, rotary: nn.Module, hidden: Tensor, positions: Tensor, key_valid: Tensor, row_start: int
+) -> Tensor:
+    """What ``layer``'s self-attention would give on its input ``hidden`` [B, T, H] for the query rows
+    ``row_start..T-1`` (PyramidDrop's ranking): input norm, q (those rows) and k (all) projections, RoPE
+    from ``positions``, causal softmax over valid keys. [B, R, T]."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    rows = torch.arange(row_start, hidden.shape[1], device=hidden.device)
+    batch, head_dim = hidden.shape[0], attention.head_dim
+    query = attention.q_proj(normed[:, rows]).view(batch, rows.numel(), -1, head_dim)
+    key = attention.k_proj(normed).view(batch, hidden.shape[1], -1, head_dim)
+    if hasattr(attention, "q_norm"):  # per-head query/key norms (Qwen3-style layers)
+        query, key = attention.q_norm(query), attention.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)
+    cos, sin = rotary(hidden, position_ids=positions)
+    query, _ = apply_rotary_pos_emb(query, query, cos[:, rows], sin[:, rows])
+    _, key = apply_rotary_pos_emb(key, key, cos, sin)
+    return head_mean_attention(query, key, rows, key_valid, attention.scaling, hidden.dtype)
+
+
+def attention_group_scores(
+    attention: Tensor, index: Tensor, visual_start: Tensor, n_visual: int, group: int
+) -> Tensor:
+    """Group scores [B, M] from the attention [B, R, T] of the last ``R`` slots of a (pruned) sequence whose
+    slot ``t`` holds original prompt token ``index[b, t]`` (``-1``: padding): the mean over the query rows
+    that are real tokens after the visual span (one row: that row as is), summed per group of the original
+    visual tokens ``visual_start[b] + [0, n_visual)``; tokens no longer present score 0."""
+    rows = index[:, index.shape[1] - attention.shape[1] :]
+    is_query = (rows >= (visual_start + n_visual)[:, None]).float()
+    weights = is_query / is_query.sum(1, keepdim=True).clamp(min=1)
+    token = (attention * weights[:, :, None]).sum(1)  # [B, T]
+    if attention.shape[1] == 1:
+        token = attention[:, 0]  # the last prompt token alone: no averaging (bitwise as FastV)
+    relative = index - visual_start[:, None]
+    in_span = (index >= 0) & (relative >= 0) & (relative < n_visual)
+    visual = token.new_zeros(token.shape[0], n_visual + 1)
+    visual.scatter_(1, torch.where(in_span, relative, n_visual), torch.where(in_span, token, 0.0))
+    return group_scores_from_attention(visual[:, :n_visual], group)
+
+
+def select_groups(drop: DropPoint, scores: Tensor, alive: Tensor, excluded: Tensor | None = None) -> Tensor:
+    """[B, M] bool: the groups kept after ``drop``, the top-scoring ones among the ``alive`` groups, as many
+    as its budget says (``excluded`` groups rank below every other surviving group). The ranking of
+    :func:`fast3d_kernels.select_gather`: float32, ties to the lower index, official SAP counts."""
+    from fast3d_kernels.reference import order_key, sap_counts
+
+    device = alive.device
+    scores = scores.to(device).float()
+    if excluded is not None:
+        scores = scores.masked_fill(excluded.to(device), float("-inf"))
+    scores = scores.masked_fill(~alive, float("nan"))  # below every surviving group, also excluded ones
+    if drop.keep is not None:
+        counts = drop.keep.to(device).long().clamp(min=0)
+    elif drop.alpha is not None:
+        counts = sap_counts(scores, drop.alpha.to(device).float())
+    else:
+        finite = scores.nan_to_num(nan=float("-inf"))
+        best = finite.max(1, keepdim=True).values
+        counts = (finite >= drop.threshold.to(device).float()[:, None] * best).sum(1)
+    counts = torch.minimum(counts, alive.sum(1))
+    order = torch.sort(order_key(scores), dim=1, descending=True, stable=True).indices
+    ranks = torch.arange(order.shape[1], device=device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)
+    return rank < counts[:, None]
+
+
+@dataclass
+class _Sequence:
+    """The prompt as one stage sees it: hidden states, RoPE positions, key validity and, per slot, the
+    index of the original prompt token it holds (``-1``: padding)."""
+
+    hidden: Tensor
+    positions: Tensor
+    valid: Tensor
+    index: Tensor
+
+
 class PrunedDecoder:
-    """:class:`~fast3d_cli.generation.Decoder` that physically removes the pruned visual tokens at layer K."""
+    """:class:`~fast3d_cli.generation.Decoder` that physically removes the pruned visual tokens at each drop
+    point of its plan (one drop at layer K, or several: multi-stage pruning)."""
 
     def __init__(self, llm: nn.Module, plan: PruningPlan) -> None:
         self.runner = _LayerRunner(llm)
-        if not 0 <= plan.layer < self.runner.n_layers:
-            raise ValueError(f"pruning layer {plan.layer} outside [0, {self.runner.n_layers})")
+        for drop in plan.drops:
+            if not 0 <= drop.layer < self.runner.n_layers:
+                raise ValueError(f"pruning layer {drop.layer} outside [0, {self.runner.n_layers})")
         self.plan = plan
-        self.stages = [Stage(0, plan.layer), Stage(plan.layer, self.runner.n_layers)]
+        self.stages = stages_for([drop.layer for drop in plan.drops], self.runner.n_layers)
         self.report: PrefillReport | None = None
 
     @torch.no_grad()
     def prefill(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, DecodeState]:
-        from fast3d_kernels import select_gather
         from transformers import DynamicCache
 
         runner, plan = self.runner, self.plan
         mask, hidden, positions, full_valid = runner.prompt(inputs_embeds, attention_mask)
+        index = torch.arange(mask.shape[1], device=runner.device).expand_as(mask).masked_fill(~full_valid, -1)
+        seq = _Sequence(hidden, positions, full_valid, index)
         visual_start = plan.visual_start.to(runner.device)
+        alive = torch.ones(mask.shape[0], plan.n_groups, dtype=torch.bool, device=runner.device)
         cache = DynamicCache(config=runner.llm.config)
-        scores = plan.scores
-        if plan.layer > 0:
-            hidden, attention = self._run_full_stage(hidden, positions, full_valid, visual_start, cache)
-            if scores is None:
-                scores = group_scores_from_attention(attention, plan.group)
-        scores = scores.to(runner.device).float()
-        if plan.excluded is not None:
-            scores = scores.masked_fill(plan.excluded.to(runner.device), float("-inf"))
-        budget = (
-            {"k": plan.keep.to(runner.device)}
-            if plan.keep is not None
-            else {"alpha": plan.alpha.to(runner.device)}
-        )
-        gathered = select_gather(
-            hidden,
-            positions,
-            scores,
-            group=plan.group,
-            span_start=visual_start,
-            valid_start=(mask.shape[1] - mask.sum(-1)),
-            **budget,
-        )
-        length = int(gathered.lengths.max())  # the one host synchronisation: the new sequence length
-        width = gathered.values.shape[1]
-        hidden = gathered.values[:, width - length :]
-        positions = gathered.positions[:, width - length :]
-        pruned_valid = gathered.index[:, width - length :] >= 0
-        hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
-        self.report = self._report(gathered.index, gathered.kept_groups, visual_start)
-        state = runner.state(self.stages, cache, mask, (full_valid, pruned_valid))
+        valids, stages_kept = [], []
+        for drop, stage in zip(plan.drops, self.stages, strict=False):
+            seq, attention = self._run_stage(stage, drop, seq, visual_start, cache)
+            valids.append(seq.valid)
+            scores = (
+                drop.scores
+                if drop.scores is not None
+                else self._attention_scores(attention, seq, visual_start)
+            )
+            alive = self._select(drop, scores, alive)
+            seq = self._remove(seq, alive, visual_start)
+            stages_kept.append(self._kept_visual(seq.index, visual_start))
+        hidden = runner.run(self.stages[-1], seq.hidden, seq.positions, seq.valid, cache)
+        valids.append(seq.valid)
+        self.report = PrefillReport(alive.sum(1).cpu(), stages_kept[-1], stages_kept)
+        state = runner.state(self.stages, cache, mask, tuple(valids))
         return runner.logits(hidden[:, -1]), state
 
-    def _run_full_stage(
-        self, hidden: Tensor, positions: Tensor, valid: Tensor, visual_start: Tensor, cache
-    ) -> tuple[Tensor, Tensor | None]:
-        """Layers [0, K) on the whole prompt; with FastV also the last prompt token's head-mean attention
-        over the visual tokens at layer K-1, recomputed for that one row (no eager attention)."""
-        if self.plan.scores is not None:
-            return self.runner.run(self.stages[0], hidden, positions, valid, cache), None
-        from fast3d_cli.attention.capture import AttentionCapture, capturing
+    def _run_stage(
+        self, stage: Stage, drop: DropPoint, seq: _Sequence, visual_start: Tensor, cache
+    ) -> tuple[_Sequence, Tensor | None]:
+        """The layers before ``drop`` on the current sequence; with attention scoring also the attention
+        of the drop's query rows (captured from layer ``drop.layer - 1``, or probed with ``drop.layer``)."""
+        runner = self.runner
+        if drop.scores is not None:
+            hidden = runner.run(stage, seq.hidden, seq.positions, seq.valid, cache)
+            return replace(seq, hidden=hidden), None
+        row_start = self._query_start(drop, seq.index, visual_start)
+        if drop.attention == "next":
+            hidden = runner.run(stage, seq.hidden, seq.positions, seq.valid, cache)
+            layer = runner.backbone.layers[drop.layer]
+            attention = next_layer_attention(
+                layer, runner.backbone.rotary_emb, hidden, seq.positions, seq.valid, row_start
+            )
+            return replace(seq, hidden=hidden), attention
+        from fast3d_cli.attention.capture import capturing
 
-        capture = AttentionCapture(hidden.shape[1] - 1, visual_start, self.plan.n_visual)
-        with capturing(self.runner.llm, capture):
-            hidden = self.runner.run(self.stages[0], hidden, positions, valid, cache)
-        return hidden, capture.layers[self.plan.layer - 1][:, 0].float()
+        probe = _LayerProbe(drop.layer - 1, row_start, seq.valid)
+        with capturing(runner.llm, probe):  # type: ignore[arg-type]
+            hidden = runner.run(stage, seq.hidden, seq.positions, seq.valid, cache)
+        return replace(seq, hidden=hidden), probe.attention
 
-    def _report(self, index: Tensor, kept_groups: Tensor, visual_start: Tensor) -> PrefillReport:
-        relative = index - visual_start[:, None]
-        is_visual = (index >= 0) & (relative >= 0) & (relative < self.plan.n_visual)
+    def _query_start(self, drop: DropPoint, index: Tensor, visual_start: Tensor) -> int:
+        """First query row to score with: the last one, or the first slot after the visual span in any row."""
+        if drop.query == "last":
+            return index.shape[1] - 1
+        after = index >= (visual_start + self.plan.n_visual)[:, None]
+        first = torch.where(after.any(1), after.float().argmax(1), index.shape[1] - 1)
+        return int(first.min())
+
+    def _attention_scores(self, attention: Tensor, seq: _Sequence, visual_start: Tensor) -> Tensor:
+        plan = self.plan
+        return attention_group_scores(attention, seq.index, visual_start, plan.n_visual, plan.group)
+
+    def _select(self, drop: DropPoint, scores: Tensor, alive: Tensor) -> Tensor:
+        return select_groups(drop, scores, alive, self.plan.excluded)
+
+    def _remove(self, seq: _Sequence, kept_groups: Tensor, visual_start: Tensor) -> _Sequence:
+        """The sequence without the visual tokens of unselected groups, right-aligned (left padding), kept
+        tokens in order with their positions; gathered by :func:`fast3d_kernels.select_gather`."""
+        from fast3d_kernels import select_gather
+
         n = self.plan.n_visual
-        order = torch.where(is_visual, relative, n).sort(dim=1).values[:, :n]
-        return PrefillReport(
-            kept_groups=kept_groups.cpu(), kept_visual=order.masked_fill(order == n, -1).cpu()
+        relative = seq.index - visual_start[:, None]
+        in_span = (relative >= 0) & (relative < n)
+        group_kept = kept_groups.gather(1, (relative.clamp(0, n - 1) // self.plan.group))
+        keep = seq.valid & (~in_span | group_kept)
+        gathered = select_gather(seq.hidden, seq.positions, keep.float(), k=keep.sum(1), group=1)
+        length = int(gathered.lengths.max())  # the host synchronisation: the new sequence length
+        width = gathered.values.shape[1]
+        source = gathered.index[:, width - length :]
+        live = source >= 0
+        return _Sequence(
+            hidden=gathered.values[:, width - length :],
+            positions=gathered.positions[:, width - length :],
+            valid=live,
+            index=torch.where(live, seq.index.gather(1, source.clamp(min=0)), -1),
         )
+
+    def _kept_visual(self, index: Tensor, visual_start: Tensor) -> Tensor:
+        """[B, n_visual] kept visual token indices (relative to the span), ascending, ``-1`` padded."""
+        n = self.plan.n_visual
+        relative = index - visual_start[:, None]
+        is_visual = (index >= 0) & (relative >= 0) & (relative < n)
+        padded = torch.nn.functional.pad(
+            torch.where(is_visual, relative, n), (0, max(0, n - index.shape[1])), value=n
+        )
+        order = padded.sort(dim=1).values[:, :n]
+        return order.masked_fill(order == n, -1).cpu()
 
     @torch.no_grad()
     def step(self, token_ids: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
@@ -281,16 +493,25 @@ class PrunedDecoder:
 
 
 class MaskedDecoder:
-    """The official protocol (spec §5.1) for a static keep set: nothing is removed; at layers >= K the keys
-    of pruned visual tokens are masked for every query, in prefill and in every decode step."""
+    """The official protocol (spec §5.1) for static keep sets: nothing is removed; from each drop layer on
+    the keys of the visual tokens pruned so far are masked for every query, in prefill and in every decode
+    step. ``layer`` and ``keep_visual`` ([B, n_visual] bool) describe one drop; several drops give a list
+    of increasing layers and one (nested) keep mask per layer."""
 
-    def __init__(self, llm: nn.Module, layer: int, visual_start: Tensor, keep_visual: Tensor) -> None:
-        """``keep_visual`` [B, n_visual] bool: which visual tokens stay visible from layer ``layer`` on."""
+    def __init__(
+        self,
+        llm: nn.Module,
+        layer: int | Sequence[int],
+        visual_start: Tensor,
+        keep_visual: Tensor | Sequence[Tensor],
+    ) -> None:
         self.runner = _LayerRunner(llm)
-        self.layer = layer
+        self.layers = [layer] if isinstance(layer, int) else list(layer)
+        self.keep_visual = [keep_visual] if isinstance(keep_visual, Tensor) else list(keep_visual)
+        if len(self.keep_visual) != len(self.layers):
+            raise ValueError("one keep mask per drop layer")
         self.visual_start = visual_start
-        self.keep_visual = keep_visual
-        self.stages = [Stage(0, layer), Stage(layer, self.runner.n_layers)]
+        self.stages = stages_for(self.layers, self.runner.n_layers)
 
     @torch.no_grad()
     def prefill(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, DecodeState]:
@@ -298,16 +519,18 @@ class MaskedDecoder:
 
         runner = self.runner
         mask, hidden, positions, full_valid = runner.prompt(inputs_embeds, attention_mask)
-        columns = self.visual_start.to(runner.device)[:, None] + torch.arange(
-            self.keep_visual.shape[1], device=runner.device
-        )
-        pruned_valid = full_valid.scatter(
-            1, columns, full_valid.gather(1, columns) & self.keep_visual.to(runner.device)
-        )
+        valids = [full_valid]
+        for keep in self.keep_visual:
+            columns = self.visual_start.to(runner.device)[:, None] + torch.arange(
+                keep.shape[1], device=runner.device
+            )
+            valids.append(
+                full_valid.scatter(1, columns, full_valid.gather(1, columns) & keep.to(runner.device))
+            )
         cache = DynamicCache(config=runner.llm.config)
-        hidden = runner.run(self.stages[0], hidden, positions, full_valid, cache)
-        hidden = runner.run(self.stages[1], hidden, positions, pruned_valid, cache)
-        state = runner.state(self.stages, cache, mask, (full_valid, pruned_valid))
+        for stage, valid in zip(self.stages, valids, strict=True):
+            hidden = runner.run(stage, hidden, positions, valid, cache)
+        state = runner.state(self.stages, cache, mask, tuple(valids))
         return runner.logits(hidden[:, -1]), state
 
     @torch.no_grad()

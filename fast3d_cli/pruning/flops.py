@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 
@@ -18,17 +19,26 @@ def layer_flops(config: Any, tokens: int) -> float:
     return 2.0 * tokens * (projections + mlp) + attention
 
 
-def prefill_flops(config: Any, prompt_tokens: int, visual_removed: int, layer: int) -> float:
-    """Prefill FLOPs of one prompt when ``visual_removed`` tokens leave the sequence before ``layer``."""
-    n_layers = config.num_hidden_layers
-    full = layer_flops(config, prompt_tokens)
-    pruned = layer_flops(config, prompt_tokens - visual_removed)
+def prefill_flops(
+    config: Any, prompt_tokens: int, visual_removed: int | Sequence[int], layer: int | Sequence[int]
+) -> float:
+    """Prefill FLOPs of one prompt when ``visual_removed`` tokens leave the sequence before ``layer``; with
+    several drops (multi-stage), ``visual_removed[i]`` tokens are gone (in all) from ``layer[i]`` on, and
+    each stage is counted at its own length."""
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    removed = [visual_removed] if isinstance(visual_removed, int) else list(visual_removed)
+    bounds = [0, *layers, config.num_hidden_layers]
+    lengths = [prompt_tokens, *(prompt_tokens - r for r in removed)]
+    stages = sum(
+        (stop - start) * layer_flops(config, length)
+        for (start, stop), length in zip(pairwise(bounds), lengths, strict=True)
+    )
     head = 2.0 * config.hidden_size * config.vocab_size  # LM head on the last position
-    return layer * full + (n_layers - layer) * pruned + head
+    return stages + head
 
 
 def mean_prefill_gflops(
-    config: Any, prompt_tokens: Sequence[int], removed: Sequence[int], layer: int
+    config: Any, prompt_tokens: Sequence[int], removed: Sequence[Any], layer: int | Sequence[int]
 ) -> float:
     flops = [prefill_flops(config, t, r, layer) for t, r in zip(prompt_tokens, removed, strict=True)]
     return sum(flops) / len(flops) / 1e9 if flops else 0.0

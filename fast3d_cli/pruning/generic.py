@@ -149,10 +149,17 @@ def pruning_plan(
     layer: int = 0,
     seed: int = 0,
     maps: Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    stage_keep: Sequence[PerSample] | None = None,
+    threshold: PerSample = None,
 ) -> PruningPlan | None:
-    """The engine's plan for one built batch (None for ``none``, the dense model)."""
+    """The engine's plan for one built batch (None for ``none``, the dense model). Multi-stage methods
+    (``pyramiddrop``, ``adatoken3d``) drop at ``layers`` and take ``stage_keep`` (units kept after each drop,
+    each an int or one per sample) or, for ``adatoken3d``, the adaptive ``threshold``."""
     spec = get_generic_method(method)
     rows = inputs.inputs_embeds.shape[0]
+    if spec.multistage:
+        return _multistage_plan(spec, inputs, layers, stage_keep, threshold)
     keep_t, alpha_t = _per_sample(keep, rows, torch.long), _per_sample(alpha, rows, torch.float32)
     check_budget(spec, keep_t, alpha_t, layer, inputs.n_units)
     if spec.budget == "none":
@@ -169,6 +176,39 @@ def pruning_plan(
     )
 
 
+def _multistage_plan(
+    spec: MethodSpec,
+    inputs: AdapterInputs,
+    layers: Sequence[int] | None,
+    stage_keep: Sequence[PerSample] | None,
+    threshold: PerSample,
+) -> PruningPlan:
+    from fast3d_cli.pruning.engine import DropPoint
+    from fast3d_cli.pruning.multistage import STAGE_SCORING, plan_fields
+
+    rows = inputs.inputs_embeds.shape[0]
+    one_budget = (stage_keep is None) != (threshold is None)
+    if not layers or not one_budget or (threshold is not None and not spec.threshold):
+        need = "stage_keep or threshold" if spec.threshold else "stage_keep"
+        raise ValueError(f"method {spec.name} takes layers and exactly one of {need}")
+    if stage_keep is not None and len(stage_keep) != len(layers):
+        raise ValueError(f"stage_keep needs one budget per drop layer ({len(layers)})")
+    scoring = STAGE_SCORING[spec.scorer]
+    points = []
+    for i, layer in enumerate(layers):
+        if stage_keep is not None:
+            budget = {"keep": _per_sample(stage_keep[i], rows, torch.long)}
+        else:
+            budget = {"threshold": _per_sample(threshold, rows, torch.float32)}
+        points.append(DropPoint(layer, query=scoring.query, attention=scoring.attention, **budget))
+    return PruningPlan(
+        visual_start=inputs.visual_start,
+        n_groups=inputs.n_units,
+        group=inputs.group,
+        **plan_fields(points),  # type: ignore[arg-type]
+    )
+
+
 def prune_generate(
     adapter: TargetAdapter[Any],
     batch: Any,
@@ -180,16 +220,19 @@ def prune_generate(
     seed: int = 0,
     maps: Tensor | None = None,
     gen: GenerationConfig | None = None,
+    **multistage: Any,
 ) -> GenerationResult:
     """Generate for ``batch`` with ``method`` pruning ``keep`` units per sample (an int or one per sample)
     or with SAP ``alpha`` (``+sap`` methods) at layer ``layer``. ``maps`` [B, n_units]: the oracle/gap
-    scores (e.g. from :func:`extract_maps`). ``gen`` defaults to the official eval settings."""
+    scores (e.g. from :func:`extract_maps`). ``gen`` defaults to the official eval settings. Multi-stage
+    methods take ``layers=`` and ``stage_keep=`` or ``threshold=`` (see :func:`pruning_plan`)."""
     gen = gen or GenerationConfig()
     with torch.inference_mode():
         inputs = adapter.build_inputs(batch)
         plan = pruning_plan(
-            adapter, batch, inputs, method, keep=keep, alpha=alpha, layer=layer, seed=seed, maps=maps
-        )
+            adapter, batch, inputs, method, keep=keep, alpha=alpha, layer=layer, seed=seed, maps=maps,
+            **multistage,
+        )  # fmt: skip
         llm = adapter.language_model
         decoder = HFCausalLMDecoder(llm) if plan is None else PrunedDecoder(llm, plan)
         ids = generate(

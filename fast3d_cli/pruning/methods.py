@@ -16,9 +16,15 @@ coverage      farthest-point sampling over the object box centres     --keep / -
 efficient3d   Efficient3D predictor maps (a ``prediction`` store)     --keep / --ratio, or --alpha
                                                                       (ATR, the adaptive ratio)
 fastervlm     the vision tower's [CLS] attention (LLaVA family only)  --keep / --ratio
+pyramiddrop   at each of --layers, layer l's attention of the last    --keep / --ratio (final) or
+              prompt token (PyramidDrop, several drops)               --stage-ratio (lambda)
+adatoken3d    at each of --layers, layer l-1 attention of every       --threshold (adaptive), or
+              instruction token (AdaToken-3D, several drops)          --keep / --ratio / --stage-ratio
 ============  ======================================================  ===========================
 
 docs/methods-before-llm.md describes cdpruner, coverage and efficient3d and the choices made for them.
+The multi-stage methods drop at ``--layers`` (default: the quarters of the depth, PyramidDrop's 8,16,24 of
+32); see :mod:`fast3d_cli.pruning.multistage` and docs/methods-multistage.md.
 Each method declares the model families it fits (``families``, see :mod:`fast3d_cli.models.families`).
 """
 
@@ -48,6 +54,8 @@ class MethodSpec:
     help: str = ""
     adaptive: bool = False  # a "fixed" method that also takes --alpha: its adaptive (SAP-style) budget
     families: tuple[str, ...] = ("chatscene",)  # the model families (fast3d_cli.models.families) it fits
+    multistage: bool = False  # drops at several layers (--layers, --stage-ratio)
+    threshold: bool = False  # takes the adaptive --threshold budget
 
 
 ANY_FAMILY = ("chatscene", "llava")
@@ -118,6 +126,22 @@ METHODS: dict[str, MethodSpec] = {
             help="FasterVLM: [CLS] attention of the vision tower",
             families=("llava",),
         ),
+        MethodSpec(
+            "pyramiddrop",
+            "pyramiddrop",
+            "fixed",
+            multistage=True,
+            help="PyramidDrop: drops at several layers",
+        ),
+        MethodSpec(
+            "adatoken3d",
+            "adatoken3d",
+            "fixed",
+            min_layer=1,
+            multistage=True,
+            threshold=True,
+            help="AdaToken-3D: attention-contribution gating at several layers",
+        ),
     )
 }
 
@@ -151,10 +175,18 @@ class PruningSettings:
     fixed_count: bool = False
     skip_padding: bool = False
     force: bool = False
+    layers: tuple[int, ...] | None = None  # multi-stage drop layers (None: the method's default)
+    stage_ratio: float | None = None
+    threshold: float | None = None
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("force")
+        for option in ("layers", "stage_ratio", "threshold"):  # multi-stage options: only when given
+            if data[option] is None:
+                data.pop(option)
+        if "layers" in data:
+            data["layers"] = list(data["layers"])
         for flag in ("fixed_count", "skip_padding"):  # recorded only when on: earlier runs stay resumable
             if not data[flag]:
                 data.pop(flag)
@@ -174,10 +206,17 @@ class Budget:
     keep: int | None = None
     alpha: float | None = None
     notes: list[str] = field(default_factory=list)
+    layers: tuple[int, ...] = ()  # multi-stage: every drop layer (``layer`` is the first)
+    stage_keep: tuple[int, ...] = ()  # multi-stage fixed budgets: groups kept after each drop
+    threshold: float | None = None  # multi-stage adaptive gating
 
     @property
     def n_visual(self) -> int:
         return self.group * self.n_groups
+
+    @property
+    def drop_layers(self) -> tuple[int, ...]:
+        return self.layers or (self.layer,)
 
 
 def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
@@ -189,6 +228,14 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
         raise UserError(f"--method {spec.name} does not fit Chat-Scene models; methods for chatscene: {fits}")
     if settings.granularity not in GRANULARITIES:
         raise UserError(f"--granularity must be object or token, got {settings.granularity!r}")
+    if spec.multistage:
+        from fast3d_cli.pruning.multistage import validate_multistage
+
+        return validate_multistage(spec, settings, n_layers)
+    if settings.layers is not None or settings.stage_ratio is not None or settings.threshold is not None:
+        raise UserError(
+            f"--layers/--stage-ratio/--threshold apply to the multi-stage methods, not {spec.name}"
+        )
     check_layer(settings.layer, n_layers)
     if settings.layer < spec.min_layer:
         raise UserError(
@@ -238,6 +285,10 @@ def resolve_budget(
 ) -> Budget:
     group = GRANULARITIES[settings.granularity]
     n_groups = n_objects * 3 // group
+    if spec.multistage:
+        from fast3d_cli.pruning.multistage import resolve_multistage_budget
+
+        return resolve_multistage_budget(spec, settings, n_layers, group, n_groups)
     budget = Budget(settings.layer, group, n_groups, n_layers)
     kind = budget_kind(spec, settings)
     if kind == "fixed":
@@ -263,19 +314,30 @@ def resolve_budget(
     return budget
 
 
-def kept_summary(kept_tokens: Sequence[int], budget: Budget) -> dict[str, float]:
-    """Both ratio definitions (§5.7) for a set of per-sample kept visual-token counts."""
-    from fast3d_cli.pruning.budgets import input_level_ratio, layer_averaged_ratio
+def kept_summary(
+    kept_tokens: Sequence[int], budget: Budget, stage_tokens: Sequence[Sequence[int]] | None = None
+) -> dict[str, float]:
+    """Both ratio definitions (§5.7) for a set of per-sample kept visual-token counts (after the last drop;
+    ``stage_tokens``: per sample, the tokens kept after each drop, for multi-stage budgets)."""
+    from fast3d_cli.pruning.budgets import (
+        input_level_ratio,
+        layer_averaged_ratio,
+        multistage_layer_averaged_ratio,
+    )
 
     n_visual = budget.n_visual
-    if budget.keep is None and budget.alpha is None:
+    if budget.keep is None and budget.alpha is None and not budget.layers:
         return {"input_ratio": 0.0, "layer_averaged_ratio": 0.0, "mean_kept_tokens": float(n_visual)}
     mean_kept = sum(kept_tokens) / len(kept_tokens) if kept_tokens else float("nan")
+    if budget.layers:
+        fixed = [s * budget.group for s in budget.stage_keep[:-1]]  # records without per-drop counts
+        stages = stage_tokens if stage_tokens is not None else [[*fixed, k] for k in kept_tokens]
+        averaged = multistage_layer_averaged_ratio(stages, n_visual, budget.layers, budget.n_layers)
+    else:
+        averaged = layer_averaged_ratio(kept_tokens, n_visual, budget.layer, budget.n_layers)
     return {
         "input_ratio": round(input_level_ratio(kept_tokens, n_visual), 4),
-        "layer_averaged_ratio": round(
-            layer_averaged_ratio(kept_tokens, n_visual, budget.layer, budget.n_layers), 4
-        ),
+        "layer_averaged_ratio": round(averaged, 4),
         "mean_kept_tokens": round(mean_kept, 4),
     }
 

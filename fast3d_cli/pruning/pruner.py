@@ -38,6 +38,13 @@ class BatchPlan:
             return [self.n_visual] * self.rows
         return (report.kept_visual >= 0).sum(-1).tolist()
 
+    def kept_stage_tokens(self) -> list[list[int] | None]:
+        """Per sample, the visual tokens kept after each drop (None unless the plan drops several times)."""
+        report = getattr(self.decoder, "report", None)
+        if report is None or len(report.stages) < 2:
+            return [None] * self.rows
+        return torch.stack([(kept >= 0).sum(-1) for kept in report.stages], dim=1).tolist()
+
     def kept_objects(self) -> list[list[int] | None]:
         """Per sample, the object slots with at least one kept token (None when nothing was pruned)."""
         report = getattr(self.decoder, "report", None)
@@ -117,7 +124,14 @@ class Pruner:
             "n_visual": b.n_visual,
             "fixed_count": self.settings.fixed_count,
             "sap_mean_kept_objects": self.adaptive_mean_kept,
+            **self._describe_stages(),
         }
+
+    def _describe_stages(self) -> dict[str, Any]:
+        b = self.budget
+        if not b.layers:
+            return {}
+        return {"layers": list(b.layers), "stage_keep": list(b.stage_keep) or None, "threshold": b.threshold}
 
     def resolved_identity(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """What the settings resolved to, as far as it changes the predictions: the maps store (absolute
@@ -128,6 +142,9 @@ class Pruner:
         tasks: dict[str, dict[str, Any]] = {}
         for sample in samples:
             tasks.setdefault(sample.task, {"keep": b.keep, "alpha": b.alpha, "split": sample.split})
+            if b.layers:  # multi-stage: every drop and its budget (single-drop identities stay unchanged)
+                tasks[sample.task] |= {"layers": list(b.layers), "stage_keep": list(b.stage_keep)}
+                tasks[sample.task]["threshold"] = b.threshold
         if self.maps is not None:
             for task, entry in tasks.items():
                 rows = [s for s in samples if s.task == task]
@@ -175,6 +192,9 @@ class Pruner:
             return BatchPlan(HFCausalLMDecoder(self.model.llm), n_visual, len(samples))
         b = self.budget
         excluded = self._padding(samples, bank) if self.settings.skip_padding else None
+        if self.spec.multistage:  # scored from attention at each drop point, in the engine
+            plan = self._multistage_plan(inputs, len(samples), excluded)
+            return BatchPlan(PrunedDecoder(self.model.llm, plan), n_visual, len(samples))
         scores = self._scores(samples, inputs, bank, excluded)
         rows = len(samples)
         plan = PruningPlan(
@@ -188,6 +208,20 @@ class Pruner:
             excluded=excluded,
         )
         return BatchPlan(PrunedDecoder(self.model.llm, plan), n_visual, rows)
+
+    def _multistage_plan(self, inputs: Any, rows: int, excluded: Tensor | None) -> Any:
+        from fast3d_cli.pruning.engine import PruningPlan
+        from fast3d_cli.pruning.multistage import drop_points, plan_fields
+
+        b = self.budget
+        points = drop_points(self.spec.scorer, b, rows)
+        return PruningPlan(
+            visual_start=inputs.visual_start,
+            n_groups=b.n_groups,
+            group=b.group,
+            excluded=excluded,
+            **plan_fields(points),  # type: ignore[arg-type]
+        )
 
     def _padding(self, samples: Sequence[Sample], bank: SceneBank) -> Tensor:
         """[B, M] True for the groups of padding objects (all-zero 3D and 2D features, spec §2.5)."""
