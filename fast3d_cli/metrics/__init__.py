@@ -50,9 +50,12 @@ from fast3d_cli.metrics.grounding import (
 from fast3d_cli.metrics.qa import scanqa_metrics, sqa3d_metrics
 from fast3d_cli.metrics.ratio import (
     HEADLINE_METRICS,
+    NEGLIGIBLE_SCORE,
+    dense_ratio_entry,
     format_interval,
     format_score_ratio,
     headline_scores,
+    negligible_dense,
     score_ratio,
     score_ratio_entry,
 )
@@ -74,6 +77,7 @@ __all__ = [
     "CAPTION_TASKS",
     "HEADLINE_METRICS",
     "IOU_THRESHOLDS",
+    "NEGLIGIBLE_SCORE",
     "SOS_EOS_MODES",
     "TASK_EVALUATIONS",
     "TASK_METRICS",
@@ -97,6 +101,7 @@ __all__ = [
     "clean_answer",
     "compute_metrics",
     "corpus_bleu4",
+    "dense_ratio_entry",
     "evaluate_task",
     "fallback_tokenize",
     "format_interval",
@@ -105,6 +110,7 @@ __all__ = [
     "list_tasks",
     "multi3dref_f1",
     "multi3dref_metrics",
+    "negligible_dense",
     "normalize_prediction",
     "paired_bootstrap_score_ratio",
     "pairwise_box_iou",
