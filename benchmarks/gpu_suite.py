@@ -53,27 +53,30 @@ killed at its time limit leaves the finished sections. It holds the device, vers
 every section's figures, and every goal with its target and met / missed (null when not measured, e.g.
 when its section failed). Exit code 0 when every section ran, 1 when one failed, 2 on a usage error.
 
-Running it on the GPU machine (the device tool runs commands in the repository root):
+How to run it, on any machine with a CUDA GPU, from the repository root (the suite uses GPU 0):
 
-    Wheels to carry: none. The suite imports torch, transformers (>= 5), triton and numpy, which the GPU
-    image has (torch 2.11, transformers 5.17, triton 3.6, numpy 2.x as last read), and this checkout's
-    fast3d_cli and kernels/ (as fast3d_kernels) from the repository root, without an install. It never
-    imports what the image lacks: zarr, numcodecs, crc32c, google-crc32c, donfig, pycocoevalcap
-    (tests/test_benchmarks_smoke.py runs --smoke with those blocked and the project not installed). Only
-    with an image whose transformers is older than 5.0: carry a transformers 5 wheel and its
-    huggingface-hub (`pip download --no-deps ... -d .whl`, see the device notes), name `.whl` in carry and
-    prefix the command below with
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
-          --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+    pip install torch transformers triton numpy   # or any image that has them; no install of fast3d needed
+    python benchmarks/gpu_suite.py --out-dir DIR
 
-    Command (timeout_s 540). The copy of the checkout there may lack a usable .git, so write the commit
-    into the command here (the output of `git rev-parse HEAD` in the checkout that is sent):
+It needs torch with CUDA, transformers >= 5, triton and numpy, and nothing else: it imports fast3d_cli and
+fast3d_kernels (kernels/fast3d_kernels/) from this checkout when the project is not installed, and never
+imports the stage-only dependencies zarr, numcodecs, crc32c, google-crc32c, donfig or pycocoevalcap
+(tests/test_benchmarks_smoke.py runs --smoke with those blocked and the project not installed). An
+installed `pip install -e .` works too. Memory: the model's weights take 13.5 GB and eager extraction at
+batch 8 about 10 GB more; shapes and time budgets were set for one H200 (141 GB). On a smaller GPU a section
+that runs out of memory is recorded as failed and the others still run.
 
-      set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --commit <that hash> \\
-          --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_suite.log"
+It writes DIR/gpu_suite_<gpu>.json (e.g. gpu_suite_h100_80gb_hbm3.json; --out NAME changes the name;
+without --out-dir it goes to benchmarks/results/), rewritten after every section, prints one line per goal
+on stderr (met / MISSED / not measured) and the JSON's path on stdout. Keep a log with
 
-    then copy gpu_suite_h200.json from the returned files into benchmarks/results/ and commit it with the
-    README table.
+    mkdir -p DIR
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_suite.py --out-dir DIR 2>&1 | tee DIR/gpu_suite.log
+
+The commit recorded in the JSON is `git rev-parse HEAD` of the checkout (with "+dirty" when tracked files
+differ). Where the copy that runs has no usable .git, pass the commit yourself: --commit HASH, with the
+output of `git rev-parse HEAD` in the checkout you copied. To publish a run, copy the JSON into
+benchmarks/results/ and fill the GPU columns of docs/results.md from it.
 
 Smoke check (CPU, tiny shapes, a scaled-down Llama in fp32, the Triton kernel in the interpreter; same
 section code, ~20 s; the JSON goes to a temporary folder, never to benchmarks/results/):

@@ -225,7 +225,8 @@ def test_gpu_suite_usage(tmp_path: Path) -> None:
         timeout=60,
     )
     assert shown.returncode == 0
-    assert "Wheels to carry: none" in shown.stdout and '--out-dir "$OUT"' in shown.stdout
+    assert "python benchmarks/gpu_suite.py --out-dir DIR" in shown.stdout  # how to run it, on any GPU machine
+    assert "carry" not in shown.stdout and "$OUT" not in shown.stdout
 
 
 @pytest.mark.skipif(

@@ -40,7 +40,8 @@ def eval_command(
         typer.Option(
             "--method",
             "-m",
-            help="none, random, fastv, divprune, oracle, oracle+sap, gap, gap+sap.",
+            help="none, random, fastv, divprune, oracle, oracle+sap, gap, gap+sap, cdpruner, coverage, "
+            "efficient3d (docs/methods-before-llm.md).",
             rich_help_panel="Pruning",
         ),
     ] = "none",
@@ -64,7 +65,9 @@ def eval_command(
     ratio: Annotated[
         float | None,
         typer.Option(
-            "--ratio", help="Layer-averaged pruning ratio in percent (spec §5.7).", rich_help_panel="Pruning"
+            "--ratio",
+            help="Layer-averaged pruning ratio in percent: 100 (1 - kept/300) (L - K) / L.",
+            rich_help_panel="Pruning",
         ),
     ] = None,
     alpha: Annotated[

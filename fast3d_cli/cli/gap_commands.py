@@ -76,8 +76,20 @@ def train_gap_command(
         ),
     ] = None,
     target: Annotated[
-        str, typer.Option(help="object_scores (a_map, official) or prompt_scores (a_map_ori).")
-    ] = "object_scores",
+        str | None,
+        typer.Option(
+            help="object_scores (a_map, official), prompt_scores (a_map_ori) or debiased_object_scores "
+            "(layers >= 2; needs extract --keep-layers). Default: the --predictor's.",
+        ),
+    ] = None,
+    predictor: Annotated[
+        str,
+        typer.Option(
+            "--predictor",
+            help="gap (Fast3D) or efficient3d (Efficient3D's DVTIE: DHCT network, debiased target); "
+            "docs/methods-before-llm.md.",
+        ),
+    ] = "gap",
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps (and every epoch end).")
     ] = 200,
@@ -126,8 +138,11 @@ def train_gap_command(
     Several processes: [bold]accelerate launch --num_processes 4 -m fast3d_cli train-gap maps.zarr[/bold]
     """
     from fast3d_cli.data.tasks import parse_tasks
+    from fast3d_cli.gap.predictors import get_predictor
     from fast3d_cli.gap.sources import read_config_overrides
     from fast3d_cli.gap.training import TrainSettings
+
+    spec = get_predictor(predictor)
 
     # every option is checked here, before anything imports torch or transformers
     settings = TrainSettings(
@@ -142,7 +157,7 @@ def train_gap_command(
         select_on=select_on,
         select_metric=select_metric,
         evaluate_val=val,
-        target=target,
+        target=target or spec.target,
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
         limit=limit,
@@ -155,7 +170,7 @@ def train_gap_command(
             raise UserError(f"{option} folder not found: {folder}")
     locations = [store_argument(store, "STORE") for store in stores]
     data = data_config(config, data_root)
-    overrides = read_config_overrides(gap_config)
+    overrides = {**spec.config, **read_config_overrides(gap_config)}
 
     from fast3d_cli.cli.progress import ProgressReporter, training_progress
     from fast3d_cli.gap.training import train_gap

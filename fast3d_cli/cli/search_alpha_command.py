@@ -82,7 +82,7 @@ def search_alpha_command(
         console.print(f"within tolerance: [red]no[/red] ({escape(result.reason or '')})")
     if result.split == "val":
         console.print(
-            "[dim]note: alpha is chosen on the split it is evaluated on (official, spec §8.13)[/dim]"
+            "[dim]note: alpha is chosen on the split it is evaluated on (as the official code does)[/dim]"
         )
     if result.record_error:  # the alpha is shown above, but eval --alpha auto cannot find it: a failure
         raise UserError(f"{result.record_error}; nothing was recorded (eval --alpha auto needs the record)")

@@ -102,6 +102,14 @@ class GAPConfig:
     # Prompts longer than this are truncated (None: no truncation, as official, up to the text encoder's
     # position capacity, beyond which the official code crashes).
     max_text_len: int | None = None
+    # Efficient3D's DVTIE predictor (fast3d_cli/gap/predictors.py): a learnable bias on the cross-attention
+    # of the last ``dhct_last_n_layers`` CMT layers (its ``DHCT``, weak-guidance form). Off: the Fast3D GAP.
+    use_dhct: bool = False
+    dhct_dim: int = 64
+    dhct_strength: float = 0.07
+    dhct_temp: float = 1.2
+    dhct_last_n_layers: int = 4
+    dhct_gate_bias: float = -6.0
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -118,6 +126,8 @@ class GAPConfig:
             if value not in allowed:
                 supported = ", ".join(map(str, allowed))
                 problems.append(f"{name}={value!r} is not supported (supported: {supported})")
+        if self.use_dhct and (self.dhct_dim < 1 or self.dhct_temp <= 0):
+            problems.append(f"dhct_dim={self.dhct_dim} must be >= 1 and dhct_temp={self.dhct_temp} > 0")
         if self.dim_loc < 3:
             problems.append(f"dim_loc={self.dim_loc}: locations need at least the 3 center coordinates")
         if self.max_text_len is not None and self.max_text_len > self.text_capacity:

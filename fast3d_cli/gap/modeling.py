@@ -104,6 +104,27 @@ class SpatialSelfAttention(nn.Module):
         return self.layer_norm(self.dropout(self.fc(ctx)) + x)
 
 
+class DHCT(nn.Module):
+    """Efficient3D's learnable cross-attention mask (``DVTIE/cmt_module.py``, github.com/sol924/Efficient3D):
+    M = sigmoid((q W_q)(k W_k)ᵀ / (sqrt(d_dhct) · temp)) in (0, 1), [B, Lq, Lk], zero on padded keys.
+
+    The official code zeroes the padded keys inside a ``torch.no_grad`` method, so the M it returns (text
+    padding is always given) carries no gradient: W_q and W_k keep their initial values and only the
+    per-head gates of the decoder layer learn. Reproduced as is (``detach``).
+    """
+
+    def __init__(self, d_model: int, d_dhct: int, temp: float):
+        super().__init__()
+        self.proj_q = nn.Linear(d_model, d_dhct)
+        self.proj_k = nn.Linear(d_model, d_dhct)
+        self.scale = d_dhct**0.5
+        self.temp = float(temp)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("bqd,bkd->bqk", self.proj_q(q), self.proj_k(k)) / (self.scale * self.temp)
+        return torch.sigmoid(scores).detach().masked_fill(key_padding[:, None, :], 0.0)
+
+
 class SpatialDecoderLayer(nn.Module):
     """Pre-LN decoder layer: spatial self-attention, cross-attention to the text, FFN; each residual."""
 
@@ -125,6 +146,27 @@ class SpatialDecoderLayer(nn.Module):
         self.self_attn = SpatialSelfAttention(
             d, h, config.dropout, config.spatial_dim, config.spatial_multihead
         )
+        self.dhct_enabled = False  # set per layer by CMTEncoder (the last dhct_last_n_layers)
+        if config.use_dhct:
+            self.cross_dhct = DHCT(d, config.dhct_dim, config.dhct_temp)
+            self.dhct_head_gate = nn.Parameter(torch.zeros(h))
+            self.dhct_strength = config.dhct_strength
+            self.dhct_gate_bias = config.dhct_gate_bias
+
+    def cross_attention(self, x: torch.Tensor, txt: torch.Tensor, txt_padding: torch.Tensor) -> torch.Tensor:
+        """Cross-attention to the text; with DHCT, the additive mask of the official ``_build_dhct_bias``:
+        -inf on padded keys + strength · (M - 0.5) · sigmoid(gate_h + gate_bias), per head."""
+        attn = self.multihead_attn
+        if not self.dhct_enabled:
+            return attn(x, txt, txt, key_padding_mask=txt_padding, need_weights=False)[0]
+        batch, n_q, n_k, heads = x.shape[0], x.shape[1], txt.shape[1], attn.num_heads
+        bias = self.dhct_strength * (self.cross_dhct(x, txt, txt_padding) - 0.5)
+        gate = torch.sigmoid(self.dhct_head_gate + self.dhct_gate_bias).view(1, heads, 1, 1)
+        padding = torch.zeros(batch, 1, 1, n_k, dtype=x.dtype, device=x.device).masked_fill(
+            txt_padding[:, None, None, :], float("-inf")
+        )
+        mask = (padding + bias[:, None] * gate).reshape(batch * heads, n_q, n_k).to(x.dtype)
+        return attn(x, txt, txt, attn_mask=mask, need_weights=False)[0]
 
     def forward(
         self,
@@ -135,8 +177,7 @@ class SpatialDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x = self.norm1(obj)
         obj = obj + self.dropout1(self.self_attn(x, pairwise_locs, txt[:, 0]))
-        x = self.norm2(obj)
-        x = self.multihead_attn(x, txt, txt, key_padding_mask=txt_padding, need_weights=False)[0]
+        x = self.cross_attention(self.norm2(obj), txt, txt_padding)
         obj = obj + self.dropout2(x)
         x = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(obj)))))
         return obj + self.dropout3(x)
@@ -149,6 +190,9 @@ class CMTEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList(SpatialDecoderLayer(config) for _ in range(config.num_layers))
+        first_dhct = config.num_layers - max(1, config.dhct_last_n_layers)
+        for i, layer in enumerate(self.layers):
+            layer.dhct_enabled = config.use_dhct and i >= first_dhct
         n_loc = config.num_layers if config.obj_loc_encoding == "diff_all" else 1
         self.loc_layers = nn.ModuleList(
             nn.Sequential(nn.Linear(config.dim_loc, config.hidden_size), nn.LayerNorm(config.hidden_size))

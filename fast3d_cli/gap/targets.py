@@ -142,9 +142,11 @@ def load_targets(
     """
     from fast3d_cli.attention.extract import data_fingerprints
     from fast3d_cli.evaluation.fingerprint import files_fingerprint
+    from fast3d_cli.gap.predictors import DERIVED_TARGETS
 
-    if target not in TARGET_ARRAYS:
-        raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGET_ARRAYS)}")
+    if target not in TARGET_ARRAYS and target not in DERIVED_TARGETS:
+        choices = ", ".join((*TARGET_ARRAYS, *DERIVED_TARGETS))
+        raise UserError(f"unknown target {target!r}; choose one of {choices}")
     stores = open_attention_stores(paths)
     n_objects = int(stores[0].attrs.get("n_objects", -1))
     if n_objects != data.max_obj_num:
@@ -216,13 +218,28 @@ def _read_group(
     if not np.array_equal(index, np.arange(group.n_samples)):  # all samples, or the first N (--limit)
         raise StoreError(f"{store.path}: {group.path} rows are not in annotation order")
     samples = samples[: group.n_samples]
-    values = np.asarray(group.read(target), dtype=np.float32)
+    values = _read_target(store, group, target)
     if values.ndim != 2 or values.shape[1] != data.max_obj_num:
         raise StoreError(f"{store.path}: {group.path}/{target} has shape {values.shape}")
     if not np.isfinite(values).all():
         row = int(np.argmin(np.isfinite(values).all(1)))
         raise StoreError(f"{store.path}: {group.path}/{target} row {row} is not finite")
     return TargetGroup(task, split, store.path, samples, values, annotation_fp)
+
+
+def _read_target(store: MapStore, group: Any, target: str) -> np.ndarray:
+    """[n, n_objects] float32: a stored array, or a target derived from one (gap/predictors.py)."""
+    from fast3d_cli.gap.predictors import DERIVED_TARGETS
+
+    if target not in DERIVED_TARGETS:
+        return np.asarray(group.read(target), dtype=np.float32)
+    source, derive = DERIVED_TARGETS[target]
+    if not group.has_array(source):
+        raise StoreError(
+            f"{store.path}: {group.path} has no {source} (the {target} target needs them): extract the maps "
+            "with fast3d extract --keep-layers"
+        )
+    return derive(np.asarray(group.read(source), dtype=np.float32))
 
 
 def model_dir_from_provenance(stores: Sequence[MapStore]) -> Path | None:

@@ -71,12 +71,37 @@ def _cls(ctx: ScoreContext) -> Tensor:
     return to_granularity(ctx.adapter.cls_attention_scores(ctx.batch), 1, ctx.inputs.group)
 
 
+def _cdpruner(ctx: ScoreContext) -> Tensor:
+    """CDPruner over the adapter's units (docs/methods-before-llm.md): similarity of ``visual_embeddings``,
+    relevance of each unit's mean token embedding to the mean embedding of the text after the visual
+    tokens (the question, with the adapter's role markers)."""
+    from fast3d_cli.pruning.selection import cdpruner_scores
+
+    features = ctx.adapter.visual_embeddings(ctx.inputs)
+    embeds, mask = ctx.inputs.inputs_embeds, ctx.inputs.attention_mask.to(ctx.inputs.inputs_embeds.device)
+    batch, units, hidden = features.shape[0], features.shape[1], embeds.shape[-1]
+    after = (
+        torch.arange(embeds.shape[1], device=embeds.device)[None]
+        >= ctx.inputs.text_start.to(embeds.device)[:, None]
+    )
+    weight = (after & mask.bool()).float()[..., None]
+    text = ((embeds.float() * weight).sum(1) / weight.sum(1).clamp(min=1))[:, None]
+    steps = ctx.inputs.n_units if ctx.keep is None else int(ctx.keep.max())
+    return cdpruner_scores(features, features.reshape(batch, units, -1, hidden).mean(2), text, steps)
+
+
+def _coverage(ctx: ScoreContext) -> Tensor:
+    raise ValueError("coverage needs the objects' 3D boxes: run it through fast3d eval (Chat-Scene data)")
+
+
 SCORERS: dict[str, Callable[[ScoreContext], Tensor | None]] = {
     "random": _random,
     "fastv": _fastv,
     "divprune": _divprune,
     "maps": _maps,
     "cls": _cls,
+    "cdpruner": _cdpruner,
+    "coverage": _coverage,
 }
 
 

@@ -11,7 +11,13 @@ oracle        extracted attention maps (an ``attention`` store)       --keep / -
 oracle+sap    the same                                                --alpha (SAP)
 gap           GAP logits (a ``prediction`` store, or --gap online)    --keep / --ratio
 gap+sap       the same                                                --alpha (SAP, §5.5)
+cdpruner      conditional DPP: diversity x instruction relevance      --keep / --ratio
+coverage      farthest-point sampling over the object box centres     --keep / --ratio
+efficient3d   Efficient3D predictor maps (a ``prediction`` store)     --keep / --ratio, or --alpha
+                                                                      (ATR, the adaptive ratio)
 ============  ======================================================  ===========================
+
+docs/methods-before-llm.md describes cdpruner, coverage and efficient3d and the choices made for them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class MethodSpec:
     map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
     min_layer: int = 0
     help: str = ""
+    adaptive: bool = False  # a "fixed" method that also takes --alpha: its adaptive (SAP-style) budget
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -51,8 +58,29 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("oracle+sap", "maps", "sap", ("attention",), help="extracted maps with SAP budgets"),
         MethodSpec("gap", "maps", "fixed", ("prediction",), help="GAP-predicted maps"),
         MethodSpec("gap+sap", "maps", "sap", ("prediction",), help="GAP maps with SAP budgets (Fast3D)"),
+        MethodSpec(
+            "cdpruner", "cdpruner", "fixed", help="CDPruner: conditional DPP over the visual embeddings"
+        ),
+        MethodSpec(
+            "coverage", "coverage", "fixed", help="spatial coverage: farthest-point sampling of boxes"
+        ),
+        MethodSpec(
+            "efficient3d",
+            "maps",
+            "fixed",
+            ("prediction",),
+            help="Efficient3D predictor maps; --alpha: its adaptive token ratio (ATR)",
+            adaptive=True,
+        ),
     )
 }
+
+
+def budget_kind(spec: MethodSpec, settings: PruningSettings) -> str:
+    """The budget a run uses: the method's, or "sap" for an adaptive method given --alpha."""
+    if spec.adaptive and settings.alpha is not None:
+        return "sap"
+    return spec.budget
 
 
 def get_method(name: str) -> MethodSpec:
@@ -123,18 +151,22 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
         check_alpha(float(settings.alpha))
     if settings.keep is not None and settings.keep < 0:
         raise UserError(f"--keep must be >= 0, got {settings.keep}")
-    if spec.budget == "fixed" and (settings.keep is None) == (settings.ratio is None):
-        raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio")
-    if spec.budget == "sap":
+    kind = budget_kind(spec, settings)
+    if spec.adaptive and kind == "sap" and (settings.keep is not None or settings.ratio is not None):
+        raise UserError(f"--method {spec.name} takes one of --keep, --ratio or --alpha")
+    if kind == "fixed" and (settings.keep is None) == (settings.ratio is None):
+        alpha = " (or --alpha, its adaptive budget)" if spec.adaptive else ""
+        raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio{alpha}")
+    if kind == "sap":
         if settings.alpha is None:
             raise UserError(f"--method {spec.name} needs --alpha (a number in (0, 1], or auto)")
         if settings.granularity != "object":
             raise UserError("SAP budgets are computed over objects: use --granularity object")
-    if settings.fixed_count and (spec.budget != "sap" or settings.maps is None):
+    if settings.fixed_count and (kind != "sap" or settings.maps is None):
         raise UserError("--fixed-count applies to the +sap methods with --maps (budgets are set per request)")
-    if spec.budget != "sap" and settings.alpha is not None:
+    if kind != "sap" and settings.alpha is not None:
         raise UserError(f"--alpha applies to the +sap methods, not {spec.name}")
-    if spec.budget != "fixed" and (settings.keep is not None or settings.ratio is not None):
+    if kind != "fixed" and (settings.keep is not None or settings.ratio is not None):
         raise UserError(f"--keep/--ratio do not apply to --method {spec.name}")
     if spec.scorer == "maps":
         online = "prediction" in spec.map_kinds
@@ -158,7 +190,8 @@ def resolve_budget(
     group = GRANULARITIES[settings.granularity]
     n_groups = n_objects * 3 // group
     budget = Budget(settings.layer, group, n_groups, n_layers)
-    if spec.budget == "fixed":
+    kind = budget_kind(spec, settings)
+    if kind == "fixed":
         keep = (
             settings.keep
             if settings.keep is not None
@@ -167,7 +200,7 @@ def resolve_budget(
         if keep > n_groups:
             raise UserError(f"--keep {keep} exceeds the {n_groups} {settings.granularity}s per sample")
         return Budget(settings.layer, group, n_groups, n_layers, keep=keep)
-    if spec.budget == "sap":
+    if kind == "sap":
         alpha = settings.alpha
         if alpha == "auto":
             if store_alpha is None:

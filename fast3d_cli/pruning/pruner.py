@@ -212,7 +212,31 @@ class Pruner:
         if scorer == "maps":
             objects = self.maps.scores(samples) if self.maps is not None else self._gap_scores(samples, bank)
             return to_granularity(objects, TOKENS_PER_OBJECT, b.group)
+        if scorer == "cdpruner":
+            return self._cdpruner_scores(samples, inputs, excluded)
+        if scorer == "coverage":
+            return self._coverage_scores(samples, bank, excluded)
         raise AssertionError(f"no scorer {scorer!r}")
+
+    def _cdpruner_scores(self, samples: Sequence[Sample], inputs: Any, excluded: Tensor | None) -> Tensor:
+        from fast3d_cli.pruning.selection import cdpruner_scores
+
+        b = self.budget
+        embeds = visual_embeddings(inputs, b.n_visual)
+        features = divprune_features(embeds, TOKENS_PER_OBJECT, b.group)
+        instruction = instruction_embeddings(self.model, samples).to(embeds.device)
+        return cdpruner_scores(features, relevance_features(embeds, b.group), instruction, b.keep, excluded)
+
+    def _coverage_scores(self, samples: Sequence[Sample], bank: SceneBank, excluded: Tensor | None) -> Tensor:
+        from fast3d_cli.pruning.selection import coverage_scores, expand_to_tokens
+
+        b = self.budget
+        centers, padding = object_centers(samples, bank, self.model.config.max_obj_num)
+        if excluded is not None:  # --skip-padding at object granularity: the same objects
+            padding = padding | to_granularity(excluded.float(), b.group, TOKENS_PER_OBJECT).bool()
+        steps = -(-b.keep // TOKENS_PER_OBJECT) if b.group == 1 else b.keep
+        objects = coverage_scores(centers, steps, padding)
+        return objects if b.group == TOKENS_PER_OBJECT else expand_to_tokens(objects, TOKENS_PER_OBJECT)
 
     def _gap_scores(self, samples: Sequence[Sample], bank: SceneBank) -> Tensor:
         from fast3d_cli.gap.predict import predict_chunk
@@ -230,3 +254,38 @@ def visual_embeddings(inputs: Any, n_visual: int) -> Tensor:
     )
     embeds = inputs.inputs_embeds
     return embeds.gather(1, columns[..., None].expand(-1, -1, embeds.shape[-1]))
+
+
+def relevance_features(visual: Tensor, group: int) -> Tensor:
+    """What CDPruner compares with the instruction: per object the mean of its 3D and 2D projected tokens
+    (the identifier embedding is the same in every scene); per token, the token embedding."""
+    if group == 1:
+        return visual
+    batch, n_tokens, hidden = visual.shape
+    triplets = visual.reshape(batch, n_tokens // TOKENS_PER_OBJECT, TOKENS_PER_OBJECT, hidden)
+    return triplets[:, :, 1:].mean(dim=2)
+
+
+def instruction_embeddings(model: Any, samples: Sequence[Sample]) -> Tensor:
+    """[B, 1, H] CDPruner's instruction embedding in the LLM input space: the mean of the token embeddings
+    of " {prompt} " (the user's question, without the role markers), from the model's embedding table."""
+    rows = []
+    for sample in samples:
+        ids = model.layout.encode(f" {sample.prompt} ") or [model.tokenizer.unk_token_id or 0]
+        tokens = torch.tensor(ids, dtype=torch.long, device=model.device)
+        rows.append(model.embed_tokens(tokens).float().mean(dim=0, keepdim=True))
+    return torch.stack(rows)
+
+
+def object_centers(samples: Sequence[Sample], bank: SceneBank, n_objects: int) -> tuple[Tensor, Tensor]:
+    """[B, N, 3] box centres of each sample's object slots (the proposal ``locs``) and [B, N] True for
+    padding slots (no box, or all-zero 3D and 2D features)."""
+    centers = torch.zeros(len(samples), n_objects, 3)
+    padding = torch.ones(len(samples), n_objects, dtype=torch.bool)
+    for i, sample in enumerate(samples):
+        locs = torch.as_tensor(bank.proposal_locs(sample.scene_id), dtype=torch.float32)[:n_objects]
+        f3d, f2d = bank.object_features(sample.scene_id)
+        centers[i, : len(locs)] = locs[:, :3]
+        padding[i, : len(locs)] = False
+        padding[i] |= (f3d.abs().sum(-1) == 0) & (f2d.abs().sum(-1) == 0)
+    return centers, padding
