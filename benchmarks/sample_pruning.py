@@ -90,15 +90,19 @@ def main() -> None:
 
 
 def table_row(label: str, options: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """One row of the results JSON from an eval result: the dense row's score ratio is 100 (no interval);
-    a pruned row's is metrics.json's, None where undefined, with its paired-bootstrap 95% interval."""
+    """One row of the results JSON from an eval result: the dense row's score ratio is 100 (no interval),
+    or None where its own headline is negligible (`dense_ratio_entry`); a pruned row's is metrics.json's,
+    None where undefined, with its paired-bootstrap 95% interval."""
+    from fast3d_cli.metrics import dense_ratio_entry
+
     pruning = result["pruning"]
-    ratio = result.get("score_ratio") or {}
+    dense = pruning["method"] == "none"
+    ratio = dense_ratio_entry(result["headline"]) if dense else result.get("score_ratio") or {}
     return {
         "row": label,
         "options": {k: str(v) for k, v in options.items()},
         "headline": result["headline"],
-        "score_ratio": ratio.get("value", 100.0),
+        "score_ratio": ratio.get("value"),
         "score_ratio_ci95": ratio.get("ci95"),
         "score_ratio_per_task": ratio.get("per_task"),
         "score_ratio_per_task_ci95": ratio.get("per_task_ci95"),

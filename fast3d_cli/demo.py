@@ -16,6 +16,7 @@ from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.evaluation.paper_table import paper_rows, row_slug
+from fast3d_cli.metrics.ratio import dense_ratio_entry, format_score_ratio
 
 Log = Callable[[str], None]
 
@@ -53,7 +54,6 @@ def run_demo(
     from fast3d_cli.gap.predict import PredictSettings, predict
     from fast3d_cli.gap.training import TrainSettings, train_gap
     from fast3d_cli.generation import GenerationConfig
-    from fast3d_cli.metrics.ratio import format_score_ratio
     from fast3d_cli.models.loading import ModelSource, resolve_device
     from fast3d_cli.pruning.alpha_search import search_alpha
     from fast3d_cli.pruning.methods import PruningSettings
@@ -105,18 +105,19 @@ def run_demo(
 
 
 def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
-    """One row of the comparison table. The dense run is the reference (100%, no interval); a pruned run's
+    """One row of the comparison table. The dense run is the reference: 100% (no interval), or n/a where its
+    own headline is negligible (`dense_ratio_entry`, the rule of every score ratio); a pruned run's
     undefined score ratio stays None with its reason (never shown as a number), and its confidence interval
     is the ``ci95`` of metrics.json (None without one)."""
     pruning = result["pruning"]
     dense = pruning["method"] == "none"
-    ratio = result.get("score_ratio") or {}
+    ratio = dense_ratio_entry(result["headline"]) if dense else result.get("score_ratio") or {}
     reason = ratio.get("reason") or ratio.get("error") or (None if ratio else "no dense baseline")
     return {
         "method": label,
         "headline": result["headline"],
-        "score_ratio": 100.0 if dense else ratio.get("value"),
-        "score_ratio_reason": None if dense else reason,
+        "score_ratio": ratio.get("value"),
+        "score_ratio_reason": reason,
         "score_ratio_ci": None if dense else ratio.get("ci95"),
         "score_ratio_resamples": None if dense else ratio.get("n_resamples"),
         "score_ratio_resamples_undefined": None if dense else ratio.get("n_undefined"),

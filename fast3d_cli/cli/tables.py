@@ -83,12 +83,17 @@ def interval_note(ratio: dict[str, Any]) -> str | None:
         return f"  no confidence interval: {ratio['ci_reason']}"
     if "ci95" not in ratio:
         return None
+    if ratio.get("value") is None and not any((ratio.get("per_task_ci95") or {}).values()):
+        return None  # no interval at all: the n/a line says why
     note = (
         f"  [low, high]: {100 * ratio['confidence']:g}% paired-bootstrap interval over "
         f"{ratio['n_resamples']} resamples of the samples (seed {ratio['seed']})"
     )
     if ratio.get("n_undefined"):
-        note += f"; {ratio['n_undefined']} resamples without a ratio (a dense score of 0) left out"
+        note += (
+            f"; {ratio['n_undefined']} resamples without a ratio (a dense score of 0, or a negligible one) "
+            "left out"
+        )
     return note
 
 
@@ -104,24 +109,13 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
         table.add_column(SHORT_TASK_NAMES.get(task, task), justify="right")
     for name in ("ratio %", "95% CI", "pruned %", "kept", "smp/s"):
         table.add_column(name, justify="right")
-    notes = []
     for row in rows:
         values = [row["headline"].get(t) for t in tasks]
         speed = row.get("samples_per_s")
-        ratio = "n/a" if row["score_ratio"] is None else f"{row['score_ratio']:.2f}"
-        if row["score_ratio"] is None:
-            reason = row.get("score_ratio_reason") or "no baseline"
-            notes.append(f"{row['method']}: score ratio n/a ({reason})")
-        elif row.get("score_ratio_ci") and row.get("score_ratio_resamples_undefined"):
-            left_out, total = row["score_ratio_resamples_undefined"], row["score_ratio_resamples"]
-            notes.append(
-                f"{row['method']}: 95% CI from {total - left_out} of {total} resamples ({left_out} drew a "
-                "dense score of 0, or a negligible one, for some task and have no ratio)"
-            )
         table.add_row(
             escape(row["method"]),
             *("n/a" if v is None else f"{100 * v:.2f}" for v in values),
-            ratio,
+            "n/a" if row["score_ratio"] is None else f"{row['score_ratio']:.2f}",
             escape(format_interval(row.get("score_ratio_ci"))),
             f"{row['layer_averaged_ratio']:.1f}/{row['input_ratio']:.1f}",
             f"{row['mean_kept_objects']:.1f}",
@@ -129,8 +123,29 @@ def print_comparison_table(rows: list[dict[str, Any]], file: IO[str], title: str
         )
     wide = Console(file=file, width=max(Console(file=file).width, 134))
     wide.print(table)
-    for note in notes:
+    for note in comparison_notes(rows):
         wide.print(note, markup=False, highlight=False)
+
+
+def comparison_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's footnotes, each once with the rows it concerns: why a score ratio is n/a, and how many
+    resamples an interval left out (every pruned row shares the dense run, so usually all of them)."""
+    undefined: dict[str, list[str]] = {}
+    left_out: dict[tuple[int, int], list[str]] = {}
+    for row in rows:
+        if row["score_ratio"] is None:
+            reason = row.get("score_ratio_reason") or "no baseline"
+            undefined.setdefault(reason, []).append(row["method"])
+        elif row.get("score_ratio_ci") and row.get("score_ratio_resamples_undefined"):
+            key = (row["score_ratio_resamples_undefined"], row["score_ratio_resamples"])
+            left_out.setdefault(key, []).append(row["method"])
+    notes = [f"{', '.join(names)}: score ratio n/a ({reason})" for reason, names in undefined.items()]
+    notes += [
+        f"{', '.join(names)}: 95% CI from {total - n} of {total} resamples ({n} drew a dense score of 0, "
+        "or a negligible one, for some task and have no ratio)"
+        for (n, total), names in left_out.items()
+    ]
+    return notes
 
 
 SHORT_TASK_NAMES = {

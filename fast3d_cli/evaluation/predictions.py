@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,25 @@ class PredictionLog:
             shard.path.unlink(missing_ok=True)
 
     def read(self) -> dict[int, dict[str, Any]]:
-        records: dict[int, dict[str, Any]] = {}
+        """The records by sample index (of a sample written twice, the last)."""
+        return {int(record["index"]): record for record in self.records()}
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record, in file order."""
         if not self.path.is_file():
-            return records
+            return []
+        records = []
         with self.path.open(encoding="utf-8") as handle:
             for line in handle:
                 if not line.endswith("\n"):
                     break  # torn write of the last record
-                record = json.loads(line)
-                records[int(record["index"])] = record
+                records.append(json.loads(line))
         return records
+
+    def duplicates(self) -> list[int]:
+        """The sample indices recorded more than once in this file (two writers at once), sorted."""
+        counts = Counter(int(record["index"]) for record in self.records())
+        return sorted(index for index, count in counts.items() if count > 1)
 
     def repair(self) -> None:
         """Drop a torn final line so new records start on a fresh line."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,11 +21,22 @@ from fast3d_cli.evaluation.confidence import (
     write_units,
 )
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
+from fast3d_cli.evaluation.output import (
+    BASELINE,
+    METRICS_FILE,
+    OUTPUT,
+    Role,
+    check_baseline,
+    check_unique,
+    evaluation_lock,
+    prediction_log,
+    prepare_output,
+    unfinish,
+)
 from fast3d_cli.evaluation.predictions import PredictionLog
 from fast3d_cli.generation import GenerationConfig
 from fast3d_cli.launch import SINGLE_PROCESS, DistributedContext
 from fast3d_cli.pruning.methods import PruningSettings
-from fast3d_cli.records import changed_fields, describe_change
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 PhaseCallback = Callable[[str], None]  # a phase without a counter starts (scoring, the dense baseline)
@@ -70,70 +80,6 @@ def data_files(data: DataConfig, tasks: Sequence[str], split: str) -> list[Path]
         if path.name != data.scanrefer_lookup:
             require_file(path)
     return files
-
-
-_RECORDED_KEYS = ("model", "data", "settings")
-_RESOLVED_KEYS = ("dtype", "attention", "maps", "gap")
-
-
-def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first field in which the evaluation recorded in run.json (``old``) differs from this one
-    (``new``), described for the user; None when this run may resume it."""
-    for key in _RECORDED_KEYS:
-        changed = changed_fields(old.get(key), new[key], key)
-        if changed:
-            return describe_change(old, new, changed[0])
-    was, now = old.get("resolved"), new["resolved"]
-    if was is None:  # written before fast3d recorded what the settings resolved to
-        if now.get("maps") or now.get("gap"):
-            return "fast3d version, which did not record the maps store, GAP network and alpha it resolved"
-        return None
-    for key in _RESOLVED_KEYS:
-        if was.get(key) != now.get(key):
-            return describe_change(was, now, key)
-    old_tasks, new_tasks = was.get("tasks") or {}, now.get("tasks") or {}
-    for task in sorted(set(old_tasks) & set(new_tasks)):
-        changed = changed_fields(old_tasks[task], new_tasks[task])
-        if changed:
-            return f"{describe_change(old_tasks[task], new_tasks[task], changed[0])} for {task}"
-    return None
-
-
-def _check_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
-    """Check that ``out_dir`` holds nothing, or this same evaluation (resolved identity included); another
-    evaluation is refused, naming the first field that differs, unless ``overwrite``. Returns whether earlier
-    predictions must be cleared."""
-    path = out_dir / "run.json"
-    if path.is_file() and not overwrite:
-        old = read_json(path)
-        change = _identity_change(old, manifest)
-        if change is not None:
-            raise UserError(
-                f"{out_dir} holds predictions made with another {change}; use --overwrite to replace them or "
-                "choose another --output"
-            )
-        return False
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite and not path.is_file():
-            raise UserError(f"{out_dir} exists and is not an evaluation directory; choose another --output")
-        return True
-    return False
-
-
-def _prepare_output(
-    out_dir: Path, manifest: dict[str, Any], overwrite: bool, dist: DistributedContext = SINGLE_PROCESS
-) -> None:
-    """Every rank checks ``out_dir`` (:func:`_check_output`); then the coordinator clears it if needed and
-    writes run.json."""
-    clear = _check_output(out_dir, manifest, overwrite)
-    dist.barrier()  # every rank has checked before the coordinator changes anything
-    if dist.is_main:
-        if clear:
-            shutil.rmtree(out_dir / "predictions", ignore_errors=True)
-            (out_dir / "metrics.json").unlink(missing_ok=True)
-            (out_dir / UNITS_FILE).unlink(missing_ok=True)
-        write_json(out_dir / "run.json", manifest, indent=2)
-    dist.barrier()
 
 
 def prediction_record(
@@ -238,7 +184,7 @@ def score(out_dir: Path, data: DataConfig, bank: SceneBank, settings: EvalSettin
     evaluations = {}
     context.caption_scorer = _caption_scorer()
     for task in settings.tasks:
-        records = sorted(_prediction_log(out_dir, task).read().values(), key=lambda r: r["index"])
+        records = sorted(prediction_log(out_dir, task).read().values(), key=lambda r: r["index"])
         evaluations[task] = evaluate_task(task, records, context, options)
     write_units(out_dir, {task: evaluation.units for task, evaluation in evaluations.items()})
     metrics = {task: evaluation.metrics for task, evaluation in evaluations.items()}
@@ -259,10 +205,6 @@ def _caption_scorer() -> Any:
     if _SCORER is None or _SCORER.meteor_failed:
         _SCORER = CaptionScorer()
     return _SCORER
-
-
-def _prediction_log(out_dir: Path, task: str) -> PredictionLog:
-    return PredictionLog(out_dir / "predictions" / f"{task}.jsonl")
 
 
 @dataclass
@@ -313,6 +255,51 @@ def _missing(log: PredictionLog, samples: Sequence[Sample]) -> list[Sample]:
     return [s for s in samples if s.index not in done]
 
 
+@dataclass
+class _Plan:
+    """One evaluation's samples, pruner and run.json record (its identity), known before anything is
+    generated."""
+
+    samples: dict[str, list[Sample]]
+    pruner: Any
+    manifest: dict[str, Any]
+
+
+def _plan(
+    model: Any,
+    model_fingerprint: str,
+    data: DataConfig,
+    settings: EvalSettings,
+    phase: PhaseCallback,
+    dist: DistributedContext,
+) -> _Plan:
+    from fast3d_cli.pruning.pruner import Pruner
+
+    files = data_files(data, settings.tasks, settings.split)
+    samples = {t: load_samples(data, t, settings.split)[: settings.limit] for t in settings.tasks}
+    for task, rows in samples.items():
+        if not rows:
+            raise UserError(f"{task}/{settings.split} has no samples")
+    if settings.pruning.maps is not None or settings.pruning.gap is not None:
+        phase(f"{settings.pruning.method}: reading {settings.pruning.maps or settings.pruning.gap}")
+    pruner = Pruner(settings.pruning, model, model_fingerprint, data)
+    everything = [s for rows in samples.values() for s in rows]
+    pruner.check_samples(everything)
+    manifest = {
+        "fast3d_version": __version__,
+        "model": model_fingerprint,
+        "data": files_fingerprint(files),
+        "settings": settings.identity(),
+        "resolved": {
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attention": getattr(model.llm.config, "_attn_implementation", None),
+            **pruner.resolved_identity(everything),
+        },
+        "world_size": dist.world,  # the processes that ran (not part of the identity: any count resumes)
+    }
+    return _Plan(samples, pruner, manifest)
+
+
 def run_eval(
     model: Any,
     model_fingerprint: str,
@@ -327,77 +314,84 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate ``model`` (pruned as ``settings.pruning`` says) on ``settings.tasks``; returns the metrics
     document also written to metrics.json. Samples already in the prediction logs are not generated again.
+    One process writes ``out_dir`` at a time: another is refused (UserError) while this one runs.
 
     Under ``accelerate launch`` every rank calls this. The missing samples of each task are sharded (rank r
     of W generates every W-th, in batches of ``batch_size``; a batch of N gives the outputs of N batches of
     1, so the sharding changes no prediction), each rank appends to its own log, and the coordinator merges
     the logs, scores once and returns the metrics; the other ranks return ``{}``.
     """
-    from fast3d_cli.evaluation.speed import SpeedTimer
-    from fast3d_cli.pruning.pruner import Pruner
+    out_dir, phase = Path(out_dir), phase or (lambda message: None)
+    with evaluation_lock(out_dir, OUTPUT, dist):
+        plan = _plan(model, model_fingerprint, data, settings, phase, dist)
+        run = _Run(model, data, settings, progress, phase, dist)
+        return run.evaluate(out_dir, plan, overwrite=overwrite)
 
-    out_dir = Path(out_dir)
-    files = data_files(data, settings.tasks, settings.split)
-    samples = {t: load_samples(data, t, settings.split)[: settings.limit] for t in settings.tasks}
-    for task, rows in samples.items():
-        if not rows:
-            raise UserError(f"{task}/{settings.split} has no samples")
-    phase = phase or (lambda message: None)
-    if settings.pruning.maps is not None or settings.pruning.gap is not None:
-        phase(f"{settings.pruning.method}: reading {settings.pruning.maps or settings.pruning.gap}")
-    pruner = Pruner(settings.pruning, model, model_fingerprint, data)
-    pruner.check_samples([s for rows in samples.values() for s in rows])
-    manifest = {
-        "fast3d_version": __version__,
-        "model": model_fingerprint,
-        "data": files_fingerprint(files),
-        "settings": settings.identity(),
-        "resolved": {
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "attention": getattr(model.llm.config, "_attn_implementation", None),
-            **pruner.resolved_identity([s for rows in samples.values() for s in rows]),
-        },
-        "world_size": dist.world,  # the processes that ran (not part of the identity: any count resumes)
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_output(out_dir, manifest, overwrite, dist)
-    # every rank reads what is done before any rank appends, so all ranks shard the same missing samples
-    missing = {task: _missing(_prediction_log(out_dir, task), rows) for task, rows in samples.items()}
-    dist.barrier()
-    bank = SceneBank(data, settings.split)
-    timer = SpeedTimer(model.device)
-    generation = _Generation(model, bank, settings, pruner, timer, progress, dist.world)
-    started, generated = time.perf_counter(), 0
-    for task, task_samples in samples.items():
-        log = _prediction_log(out_dir, task)
-        generated += generation.run(
-            f"{out_dir.name} {task}",
-            len(task_samples),
-            len(task_samples) - len(missing[task]),
-            dist.shard(missing[task]),
-            log if dist.world == 1 else log.shard(dist.rank),
-        )
-    ranks = dist.gather({"generated": generated, "timer": timer.counters()})  # waits for every rank
-    seconds = time.perf_counter() - started
-    if not dist.is_main:
-        return {}
-    for task, rows in samples.items():
-        _prediction_log(out_dir, task).merge_shards([s.index for s in rows])
-    predictions = files_fingerprint(_prediction_log(out_dir, task).path for task in samples)
-    saved = _saved_result(out_dir, manifest, predictions, sum(r["generated"] for r in ranks))
-    if saved is not None:
-        return saved
-    phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
-    result = {
-        **score(out_dir, data, bank, settings),
-        "samples": {t: len(s) for t, s in samples.items()},
-        "pruning": pruning_summary(out_dir, settings, pruner, model.llm.config),
-        "speed": _speed(timer, ranks, seconds, out_dir / "metrics.json"),
-        "run": manifest,
-        "predictions_fingerprint": predictions,  # what was scored (a rerun reuses these metrics if unchanged)
-    }
-    write_json(out_dir / "metrics.json", result, indent=2)
-    return result
+
+@dataclass
+class _Run:
+    """What evaluating one directory needs besides its plan."""
+
+    model: Any
+    data: DataConfig
+    settings: EvalSettings
+    progress: ProgressCallback | None
+    phase: PhaseCallback
+    dist: DistributedContext
+
+    def evaluate(
+        self, out_dir: Path, plan: _Plan, *, overwrite: bool = False, role: Role = OUTPUT, finish: bool = True
+    ) -> dict[str, Any]:
+        """Generate what ``out_dir`` lacks and score it (the caller holds its lock); ``finish``: write
+        metrics.json (a pruned run writes it only once its score ratio is there)."""
+        from fast3d_cli.evaluation.speed import SpeedTimer
+
+        settings, dist, samples = self.settings, self.dist, plan.samples
+        prepare_output(out_dir, plan.manifest, overwrite, dist, role)
+        for task in samples:
+            check_unique(prediction_log(out_dir, task), role)
+        # every rank reads what is done before any rank appends, so all ranks shard the same missing samples
+        missing = {task: _missing(prediction_log(out_dir, task), rows) for task, rows in samples.items()}
+        if dist.is_main and any(missing.values()):
+            unfinish(out_dir)  # the predictions change: metrics.json would describe others
+        dist.barrier()
+        bank = SceneBank(self.data, settings.split)
+        timer = SpeedTimer(self.model.device)
+        generation = _Generation(self.model, bank, settings, plan.pruner, timer, self.progress, dist.world)
+        started, generated = time.perf_counter(), 0
+        for task, task_samples in samples.items():
+            log = prediction_log(out_dir, task)
+            generated += generation.run(
+                f"{out_dir.name} {task}",
+                len(task_samples),
+                len(task_samples) - len(missing[task]),
+                dist.shard(missing[task]),
+                log if dist.world == 1 else log.shard(dist.rank),
+            )
+        ranks = dist.gather({"generated": generated, "timer": timer.counters()})  # waits for every rank
+        seconds = time.perf_counter() - started
+        if not dist.is_main:
+            return {}
+        for task, rows in samples.items():
+            prediction_log(out_dir, task).merge_shards([s.index for s in rows])
+        predictions = files_fingerprint(prediction_log(out_dir, task).path for task in samples)
+        saved = _saved_result(out_dir, plan.manifest, predictions, sum(r["generated"] for r in ranks))
+        if saved is not None:
+            return saved
+        speed = _speed(timer, ranks, seconds, out_dir / METRICS_FILE)
+        unfinish(out_dir)  # scored anew: the old metrics.json scored other predictions
+        self.phase(f"scoring {', '.join(settings.tasks)} with the official metrics ({out_dir})")
+        result = {
+            **score(out_dir, self.data, bank, settings),
+            "samples": {t: len(s) for t, s in samples.items()},
+            "pruning": pruning_summary(out_dir, settings, plan.pruner, self.model.llm.config),
+            "speed": speed,
+            "run": plan.manifest,
+            "predictions_fingerprint": predictions,  # what was scored (a rerun reuses these if unchanged)
+        }
+        if finish:
+            write_json(out_dir / METRICS_FILE, result, indent=2)
+        return result
 
 
 def _saved_result(
@@ -446,7 +440,7 @@ def pruning_summary(out_dir: Path, settings: EvalSettings, pruner: Any, llm_conf
     prompts: list[int] = []
     per_task = {}
     for task in settings.tasks:
-        records = PredictionLog(out_dir / "predictions" / f"{task}.jsonl").read().values()
+        records = prediction_log(out_dir, task).read().values()
         kept = [int(r.get("kept_visual_tokens", budget.n_visual)) for r in records]
         kept_all += kept
         prompts += [int(r.get("prompt_tokens", 0)) for r in records]
@@ -503,32 +497,35 @@ def run_pruned_eval(
 ) -> dict[str, Any]:
     """:func:`run_eval`, then (for a pruning method) the dense run of the same model, data and settings in
     ``baseline_dir`` (reused when already there, completed otherwise) and the score ratio against it, with
-    its paired-bootstrap interval (``bootstrap``, default `BootstrapSettings()`)."""
-    result = run_eval(
-        model,
-        model_fingerprint,
-        data,
-        settings,
-        out_dir,
-        overwrite=overwrite,
-        progress=progress,
-        phase=phase,
-        dist=dist,
-    )
+    its paired-bootstrap interval (``bootstrap``, default `BootstrapSettings()`).
+
+    ``baseline_dir`` is shared by every run beside it: it is checked before anything is generated (another
+    evaluation there is refused, naming it and ``--baseline``), never overwritten, and completed by one run
+    at a time (another waits for it). The pruned run's metrics.json is written once its score ratio is."""
     if settings.pruning.method == "none" or baseline_dir is None:
-        return result
-    if phase is not None:
+        return run_eval(
+            model, model_fingerprint, data, settings, out_dir,
+            overwrite=overwrite, progress=progress, phase=phase, dist=dist,
+        )  # fmt: skip
+    out_dir, baseline_dir, phase = Path(out_dir), Path(baseline_dir), phase or (lambda message: None)
+    if baseline_dir.resolve() == out_dir.resolve():
+        raise UserError(f"--baseline {baseline_dir} is this run's --output; the dense run needs its own")
+    with evaluation_lock(out_dir, OUTPUT, dist):
+        dense_plan = _plan(model, model_fingerprint, data, settings.dense, phase, dist)
+        check_baseline(baseline_dir, dense_plan.manifest, settings.tasks)
+        plan = _plan(model, model_fingerprint, data, settings, phase, dist)
+        run = _Run(model, data, settings, progress, phase, dist)
+        result = run.evaluate(out_dir, plan, overwrite=overwrite, finish=False)
         phase(f"the dense run for the score ratio ({baseline_dir})")
-    dense = settings.dense
-    baseline = run_eval(
-        model, model_fingerprint, data, dense, baseline_dir, progress=progress, phase=phase, dist=dist
-    )
-    if not dist.is_main:
-        return result
-    add_score_ratio(result, baseline, baseline_dir)
-    bootstrap = bootstrap or BootstrapSettings()
-    add_score_ratio_interval(result, read_units(out_dir), read_units(baseline_dir), bootstrap)
-    write_json(Path(out_dir) / "metrics.json", result, indent=2)
+        with evaluation_lock(baseline_dir, BASELINE, dist, wait=phase):
+            dense = replace(run, settings=settings.dense)
+            baseline = dense.evaluate(baseline_dir, dense_plan, role=BASELINE)
+        if not dist.is_main:
+            return result
+        add_score_ratio(result, baseline, baseline_dir)
+        bootstrap = bootstrap or BootstrapSettings()
+        add_score_ratio_interval(result, read_units(out_dir), read_units(baseline_dir), bootstrap)
+        write_json(out_dir / METRICS_FILE, result, indent=2)
     return result
 
 

@@ -10,9 +10,11 @@ over tasks of method / dense x 100. The interval is the percentile interval of t
 Each task draws from its own generator, seeded by (seed, task name), so a task's resamples do not
 depend on which other tasks are present; the same seed gives the same result.
 
-A replicate in which some dense headline is 0 has no ratio for that task (nor a Score Ratio): it is
-left out of the percentiles and counted in ``n_undefined``. If a dense headline over all units is 0, the
-point estimate is undefined like `score_ratio` (whose MetricsError message is reported in "undefined").
+A replicate in which some dense headline is 0 or negligible (below `NEGLIGIBLE_SCORE`: 0.1 on the
+0-100 scale) has no ratio for that task (nor a Score Ratio):
+it is left out of the percentiles and counted in ``n_undefined``. If a dense headline over all units is 0
+or negligible, the point estimate is undefined like `score_ratio` (whose MetricsError message is reported
+in "undefined").
 
 Result (``ScoreRatioBootstrap.to_dict()``, JSON-serialisable; ratios in percent, headlines as fractions;
 the interval key is "ci" followed by the confidence in percent, "ci95" by default)::
@@ -24,7 +26,7 @@ the interval key is "ci" followed by the confidence in percent, "ci95" by defaul
       "n_resamples": 1000,
       "seed": 0,
       "n_undefined": 0,              # replicates without a Score Ratio (a dense value of 0 or negligible)
-      "undefined": null,             # why "value" is null: "score_ratio: baseline is 0 for ..."
+      "undefined": null,             # why "value" is null: "score_ratio: the dense ... is 0; ..."
       "method": "paired bootstrap over samples (percentile)",
       "per_task": {
         "scanrefer": {"value": 99.2, "ci95": [96.1, 102.3], "method_value": 0.412, "dense_value": 0.415,
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from fast3d_cli.metrics.context import MetricsError
-from fast3d_cli.metrics.ratio import HEADLINE_METRICS, score_ratio
+from fast3d_cli.metrics.ratio import HEADLINE_METRICS, NEGLIGIBLE_SCORE, score_ratio
 from fast3d_cli.metrics.units import TaskUnits
 
 BOOTSTRAP_METHOD = "paired bootstrap over samples (percentile)"
@@ -231,17 +233,13 @@ def paired_units(task: str, method: TaskUnits, dense: TaskUnits) -> tuple[TaskUn
     return method, dense.reordered(method.keys)
 
 
-NEGLIGIBLE_DENSE = 1e-3  # a replicate's dense value below this share of the median replicate counts as 0
-
-
 def _ratios(method_values: np.ndarray, dense_values: np.ndarray) -> np.ndarray:
-    """method / dense per replicate, NaN where the dense value is 0 or negligible: below
-    ``NEGLIGIBLE_DENSE`` of the median replicate. Corpus BLEU-4 of a resample without one matching 4-gram
-    is not 0 but about 1e-9 (pycocoevalcap's smoothing constants), and dividing by it gave intervals
-    reaching 10^9 % on small tasks."""
+    """method / dense per replicate, NaN where the dense value is 0 or negligible (below
+    `NEGLIGIBLE_SCORE`, the rule of every score ratio). Corpus BLEU-4 of a resample without one matching
+    4-gram is not 0 but pycocoevalcap's smoothing residue, and dividing by it gave intervals reaching
+    10^9 % on small tasks."""
     ratios = np.full(method_values.shape, np.nan)
-    floor = NEGLIGIBLE_DENSE * float(np.median(np.abs(dense_values))) if dense_values.size else 0.0
-    np.divide(method_values, dense_values, out=ratios, where=np.abs(dense_values) > floor)
+    np.divide(method_values, dense_values, out=ratios, where=np.abs(dense_values) >= NEGLIGIBLE_SCORE)
     return ratios
 
 

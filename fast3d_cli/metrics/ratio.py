@@ -16,6 +16,25 @@ HEADLINE_METRICS: dict[str, str] = {
 }
 """Task -> the metric key reported in the README table."""
 
+NEGLIGIBLE_SCORE = 1e-3
+"""A dense headline below this is negligible: no ratio is taken against it (headlines are fractions, so
+this is 0.1 on the tables' 0-100 scale). Corpus BLEU-4 without one matching 4-gram is not 0 but
+pycocoevalcap's smoothing residue: at most (1e-15)^(1/4) = 5.6e-4 of a BLEU-4 with one match, about 1e-8
+for a few short ScanQA answers, and at most 1e-3 when no 3-gram is even predicted; a method that matched
+no 4-gram either then scored "100%" against it. An accuracy below it is fewer than 1 sample in 1000 right.
+The same rule leaves a bootstrap resample without a ratio (metrics/bootstrap.py). docs/score-ratio.md."""
+
+
+def negligible_dense(task: str, value: float) -> str | None:
+    """Why no ratio can be taken against the dense headline ``value`` of ``task`` ("the dense [scanqa]
+    Bleu_4 is 0", "... is negligible: 1.3e-06 (x100), below 0.1"); None when it can."""
+    metric = HEADLINE_METRICS.get(task, task)
+    if value == 0:
+        return f"the dense {metric} is 0"
+    if abs(value) < NEGLIGIBLE_SCORE:
+        return f"the dense {metric} is negligible: {100 * value:.2g} (x100), below {100 * NEGLIGIBLE_SCORE:g}"
+    return None
+
 
 def headline_scores(metrics: Mapping[str, float | None]) -> dict[str, float]:
     """Task -> headline value, for the tasks whose headline key is present (and not None) in metrics."""
@@ -29,22 +48,29 @@ def headline_scores(metrics: Mapping[str, float | None]) -> dict[str, float]:
 def score_ratio(method: Mapping[str, float], baseline: Mapping[str, float]) -> float:
     """Mean over the tasks present in both of method/baseline, in percent (100 = baseline quality).
 
-    Both dicts map task -> headline value on the same scale. A baseline of 0 for a shared task, or no
-    shared task, raises MetricsError naming it (drop that task explicitly to compute the rest).
+    Both dicts map task -> headline value (a fraction). A baseline of 0 or a negligible one
+    (`negligible_dense`) for a shared task, or no shared task, raises MetricsError naming it (drop that task
+    explicitly to compute the rest).
     """
     tasks = [task for task in baseline if task in method]
     if not tasks:
         raise MetricsError("score_ratio: the method and the baseline have no task in common")
     zero = [task for task in tasks if baseline[task] == 0]
-    if zero:
-        raise MetricsError(f"score_ratio: baseline is 0 for {', '.join(zero)}; leave out these tasks")
+    small = [task for task in tasks if task not in zero and negligible_dense(task, baseline[task])]
+    problems = [f"baseline is 0 for {', '.join(zero)}"] if zero else []
+    if small:
+        floor = f"{100 * NEGLIGIBLE_SCORE:g}"
+        problems.append(f"baseline is negligible (below {floor} on the 0-100 scale) for {', '.join(small)}")
+    if problems:
+        raise MetricsError(f"score_ratio: {'; '.join(problems)}; leave out these tasks")
     return sum(method[task] / baseline[task] for task in tasks) / len(tasks) * 100
 
 
 def score_ratio_entry(method: Mapping[str, float], baseline: Mapping[str, float]) -> dict[str, Any]:
     """The score ratio as reported (metrics.json ``score_ratio``, the tables, ``fast3d report``): ``value``
     (percent) and ``per_task``, each None where the ratio is undefined, with the reason in ``reason`` and
-    ``per_task_reasons`` (a dense headline of 0, a headline one run lacks). A ratio of 0 is 0, not missing."""
+    ``per_task_reasons`` (a dense headline of 0 or a negligible one, a headline one run lacks). A ratio of 0
+    is 0, not missing."""
     per_task: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     for task in sorted(set(method) | set(baseline), key=list(HEADLINE_METRICS).index):
@@ -52,8 +78,8 @@ def score_ratio_entry(method: Mapping[str, float], baseline: Mapping[str, float]
             reasons[task] = f"the dense run has no {HEADLINE_METRICS[task]}"
         elif task not in method:
             reasons[task] = f"this run has no {HEADLINE_METRICS[task]}"
-        elif baseline[task] == 0:
-            reasons[task] = f"the dense {HEADLINE_METRICS[task]} is 0"
+        elif (negligible := negligible_dense(task, baseline[task])) is not None:
+            reasons[task] = negligible
         else:
             per_task[task] = round(100 * method[task] / baseline[task], 4)
             continue
@@ -67,6 +93,12 @@ def score_ratio_entry(method: Mapping[str, float], baseline: Mapping[str, float]
     else:
         entry["reason"] = "the run and the dense run have no task in common"
     return entry
+
+
+def dense_ratio_entry(headline: Mapping[str, float]) -> dict[str, Any]:
+    """The dense run's own score ratio (`score_ratio_entry` against itself): 100 per task, or None with the
+    reason where its headline is negligible, so a dense row never reads 100% beside n/a pruned rows."""
+    return score_ratio_entry(headline, headline)
 
 
 def format_score_ratio(

@@ -147,6 +147,36 @@ def _task_intervals(value: Any, where: str) -> dict[str, tuple[float, float] | N
     return {str(task): _interval(ci, f"{where}.{task}") for task, ci in value.items()}
 
 
+def _score_ratio(metrics: dict[str, Any], dense: bool) -> dict[str, Any]:
+    """metrics.json's ``score_ratio`` section under the negligible-dense rule of this version
+    (`fast3d_cli.metrics.ratio`): a dense run's own ratio (100, or n/a where its headline is negligible);
+    a pruned run's as recorded, but n/a, without interval, for the tasks whose recorded
+    ``baseline_headline`` is negligible (a result scored before the rule read 100% against a BLEU-4 of
+    1e-8)."""
+    from fast3d_cli.metrics.ratio import dense_ratio_entry, negligible_dense
+
+    if dense:
+        return dense_ratio_entry(metrics["headline"])
+    ratio = dict(metrics.get("score_ratio") or {})
+    baseline = ratio.get("baseline_headline")
+    if not isinstance(baseline, dict):
+        return ratio
+    reasons = {
+        str(task): why
+        for task, value in baseline.items()
+        if isinstance(value, int | float) and (why := negligible_dense(str(task), float(value)))
+    }
+    if not reasons:
+        return ratio
+    ratio["per_task"] = {**(ratio.get("per_task") or {}), **dict.fromkeys(reasons)}
+    if isinstance(ratio.get("per_task_ci95"), dict):
+        ratio["per_task_ci95"] = {**ratio["per_task_ci95"], **dict.fromkeys(reasons)}
+    if ratio.get("value") is not None or not ratio.get("reason"):
+        ratio["reason"] = "undefined for " + "; ".join(f"{t} ({why})" for t, why in reasons.items())
+    ratio.update(value=None, ci95=None)
+    return ratio
+
+
 def load_result(path: Path) -> EvalResult:
     """Read one ``fast3d eval`` output directory; UserError when it is none, UnfinishedResult when the
     evaluation has not written its metrics yet."""
@@ -162,19 +192,14 @@ def load_result(path: Path) -> EvalResult:
         raise UserError(f"{path}/metrics.json lacks the pruning summary or headline scores of fast3d eval")
     method = str(pruning.get("method", "none"))
     tasks = list(metrics.get("samples") or metrics["headline"])
-    ratio = metrics.get("score_ratio") or {}
-    reason = None
     where = f"{path / 'metrics.json'}: score_ratio"
-    task_intervals: dict[str, tuple[float, float] | None] = {}
-    if method == "none":
-        total: float | None = 100.0
-        task_scores: dict[str, float | None] = {t: 100.0 for t in metrics["headline"]}
-    else:
-        total = None if ratio.get("value") is None else float(ratio["value"])
-        task_scores = {t: None if v is None else float(v) for t, v in (ratio.get("per_task") or {}).items()}
-        task_intervals = _task_intervals(ratio.get("per_task_ci95"), f"{where}.per_task_ci95")
-        if total is None:
-            reason = ratio.get("reason") or ratio.get("error") or "run without a dense baseline"
+    ratio = _score_ratio(metrics, method == "none")
+    total = None if ratio.get("value") is None else float(ratio["value"])
+    task_scores = {t: None if v is None else float(v) for t, v in (ratio.get("per_task") or {}).items()}
+    task_intervals = _task_intervals(ratio.get("per_task_ci95"), f"{where}.per_task_ci95")
+    reason = None
+    if total is None:
+        reason = ratio.get("reason") or ratio.get("error") or "run without a dense baseline"
     per_task = {}
     for task, row in (pruning.get("per_task") or {}).items():
         per_task[task] = TaskPoint(
@@ -201,7 +226,7 @@ def load_result(path: Path) -> EvalResult:
         mean_kept_tokens=_float(pruning.get("mean_kept_tokens")),
         score_ratio=total,
         score_ratio_reason=reason,
-        score_ratio_ci=None if method == "none" else _interval(ratio.get("ci95"), f"{where}.ci95"),
+        score_ratio_ci=None if total is None else _interval(ratio.get("ci95"), f"{where}.ci95"),
         per_task=per_task,
         headline={t: float(v) for t, v in metrics["headline"].items()},
     )
