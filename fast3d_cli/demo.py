@@ -16,7 +16,6 @@ from typing import Any
 
 from fast3d_cli.data.tasks import TASKS
 from fast3d_cli.evaluation.paper_table import paper_rows, row_slug
-from fast3d_cli.metrics.ratio import dense_ratio_entry, format_score_ratio
 
 Log = Callable[[str], None]
 
@@ -54,6 +53,7 @@ def run_demo(
     from fast3d_cli.gap.predict import PredictSettings, predict
     from fast3d_cli.gap.training import TrainSettings, train_gap
     from fast3d_cli.generation import GenerationConfig
+    from fast3d_cli.metrics.ratio import format_score_ratio
     from fast3d_cli.models.loading import ModelSource, resolve_device
     from fast3d_cli.pruning.alpha_search import search_alpha
     from fast3d_cli.pruning.methods import PruningSettings
@@ -109,6 +109,8 @@ def table_row(label: str, result: dict[str, Any]) -> dict[str, Any]:
     own headline is negligible (`dense_ratio_entry`, the rule of every score ratio); a pruned run's
     undefined score ratio stays None with its reason (never shown as a number), and its confidence interval
     is the ``ci95`` of metrics.json (None without one)."""
+    from fast3d_cli.metrics.ratio import dense_ratio_entry  # metrics load numpy: not at CLI start-up
+
     pruning = result["pruning"]
     dense = pruning["method"] == "none"
     ratio = dense_ratio_entry(result["headline"]) if dense else result.get("score_ratio") or {}
