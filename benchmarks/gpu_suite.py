@@ -15,6 +15,12 @@ kept_counts  the kernel's kept-group counts against the torch reference on the d
 model        builds the 7B model once (weights, build time)                             pruned_inference.py
 prefill      prefill dense vs keep 30 of 300 visual tokens at K = 0, batch 1 and 16   pruned_inference.py
              (>= 2.8x at batch 16)
+method_prefill
+             one prefill per Chat-Scene method of the pruning registry at ~90%          method_prefill.py
+             layer-averaged pruning, batch 16: its selection time outside the LLM
+             (synthetic score tensors for the store/network methods), its pruned
+             prefill, the dense one, the ratio it kept, FLOPs dense / pruned (each
+             method: dense / (selection + pruned prefill) >= 1)
 greedy       greedy 32-token throughput at batch 16, pruned / dense (>= 1.25x)         pruned_inference.py
 extraction   fast3d's attention capture vs eager output_attentions at 385 tokens,      extract.py
              batch 1 and 8 (>= 3x faster, >= 5x less activation memory)
@@ -40,12 +46,20 @@ process, imports included), and a section that would start after it is recorded 
     kept_counts   15 s    ~5 s     2 more compiles, 6 x 4096 rows
     model          -     ~15 s     6.7 B random bf16 weights created on the GPU (13.5 GB)
     prefill       30 s    ~5 s     4 cases x (3 warm-up + 10 timed), ~0.15 s per batch-16 prefill
+    method_prefill
+                  60 s   ~15 s     dense + 12 methods, each 3 warm-up + 10 timed prefills at batch 16
+                                   (+ as many selection calls for 8 of them). From FLOPs: the dense
+                                   prefill is 16 x ~385 tokens x 2 x 6.5 G = ~80 TFLOP, ~0.15 s (the
+                                   prefill section); the methods' flops_ratio at 90% is 3.3x-3.4x, so
+                                   ~0.05 s each: 13 x 0.15 s + 12 x 13 x 0.05 s = ~10 s; selections
+                                   (at most 10 greedy picks over [16, 100] objects) take a few ms
     greedy        40 s   ~15 s     2 cases x (1 + 5) runs of 32 tokens at batch 16
     extraction    30 s    ~5 s     4 cases; eager at batch 8 holds ~10 GB of attention maps
     gap           30 s    ~5 s     official GAP build (fp32 on CPU, then the GPU) + 2 cases at batch 32
     beam         160 s   ~60 s     3 batch-1 cases x 16 samples x 32 steps x 5 beams (~5-10 s a pass,
                                    1 warm-up + up to 3 timed) + the batched case (~1 s a pass)
-    total        345 s  ~140 s     + ~30 s startup and model build: ~3 minutes expected, under 7 at the caps
+    total        405 s  ~155 s     + ~30 s startup and model build: ~3 minutes expected, under 7.5 at the
+                                   caps (and --budget-s, 450 s, shrinks them when earlier ones overran)
 
 Every section runs under a guard: a failure (an exception, CUDA out of memory) is recorded in the JSON
 with its traceback, and the other sections still run. The JSON is rewritten after every section, so a run
@@ -155,6 +169,7 @@ class Profile:
     prefill_seq: int
     total_budget_s: float
     plans: dict[str, Plan]
+    method_ratio: float = 90.0  # method_prefill: layer-averaged pruning ratio, percent
     threads: int | None = None
 
 
@@ -183,6 +198,7 @@ def _gpu_profile() -> Profile:
             "kept_counts": Plan(15, 1, 0),
             "model": Plan(0, 1, 0),
             "prefill": Plan(30, 10, 3),
+            "method_prefill": Plan(60, 10, 3),
             "greedy": Plan(40, 5, 1),
             "extraction": Plan(30, 10, 2),
             "gap": Plan(30, 10, 3),
@@ -213,6 +229,7 @@ def _smoke_profile() -> Profile:
         total_budget_s=300,
         plans={name: Plan(10, 1, 1) for name in SECTIONS}
         | {"kernel": Plan(10, 1, 0), "beam": Plan(10, 1, 0)},
+        method_ratio=60.0,  # the 4-layer tiny model: fastv (K = 1) and 1 drop at layer 1 reach at most 75%
         threads=1,
     )
 
@@ -327,6 +344,21 @@ def prefill_section(ctx: Context) -> dict[str, Any]:
         "rows": rows,
         "flops": flops,
         "goals": {"prefill_speedup": goal(value, pi.GOALS["prefill_speedup"], definition)},
+    }
+
+
+def method_prefill_section(ctx: Context) -> dict[str, Any]:
+    import method_prefill as mp
+    import torch
+
+    with torch.inference_mode():
+        result = mp.method_cases(ctx.llm, ctx.prompts, ctx.timer, ctx.profile.method_ratio)
+    return {
+        "target_ratio": ctx.profile.method_ratio,
+        "batch": ctx.profile.batch,
+        "scores_note": "synthetic inputs: see each row's 'scores' (no store, network or scene is read)",
+        **result,
+        "goals": mp.goals(result, ctx.profile.batch),
     }
 
 
@@ -451,12 +483,19 @@ def _extraction_goals(profile: Profile) -> tuple[str, ...]:
     return tuple(f"extraction_{figure}_b{b}" for b in profile.extract_batches for figure in GOALS)
 
 
+def _method_goals() -> tuple[str, ...]:
+    from method_prefill import goal_names
+
+    return goal_names()
+
+
 # In running order: the kernel first (no model needed), beam last (the longest; it gets what is left).
 SECTIONS: dict[str, Section] = {
     "kernel": Section(kernel_section, _kernel_goals),
     "kept_counts": Section(kept_counts_section, lambda p: ("kept_counts_equal_fraction",)),
     "model": Section(model_section),
     "prefill": Section(prefill_section, lambda p: ("prefill_speedup",)),
+    "method_prefill": Section(method_prefill_section, lambda p: _method_goals()),
     "greedy": Section(greedy_section, lambda p: ("greedy_throughput_ratio",)),
     "extraction": Section(extraction_section, _extraction_goals),
     "gap": Section(gap_section, lambda p: ("gap_time_fraction_of_prefill",)),

@@ -135,7 +135,8 @@ def test_gpu_suite_smoke_runs_every_section(tmp_path: Path) -> None:
 
     profile = suite.PROFILES["smoke"]()
     expected = {name for section in suite.SECTIONS.values() for name in section.goals(profile)}
-    assert set(result["goals"]) == expected and len(expected) == 13
+    method_goals = {g for g in expected if g.startswith("method_prefill_speedup_")}
+    assert set(result["goals"]) == expected and len(expected - method_goals) == 13
     for name, entry in result["goals"].items():
         if "graph" in name:  # CUDA graphs need CUDA
             assert (
@@ -165,6 +166,59 @@ def test_gpu_suite_smoke_runs_every_section(tmp_path: Path) -> None:
         if row["variant"] == "fast3d":  # eager keeps every layer's attention matrix: it must show
             assert row["memory_ratio_vs_eager"] > 1
     assert sections["model"]["result"]["config"] == "tiny"
+    check_method_prefill(sections["method_prefill"]["result"], profile, method_goals)
+
+
+def check_method_prefill(result: dict, profile, goal_names: set[str]) -> None:
+    """Every Chat-Scene method of the registry measured near the profile's ratio, the others skipped."""
+    from fast3d_cli.pruning.methods import METHODS
+
+    pruning = {n: s for n, s in METHODS.items() if s.budget != "none"}
+    chatscene = [n for n, s in pruning.items() if "chatscene" in s.families]
+    assert [r["method"] for r in result["rows"]] == chatscene
+    assert goal_names == {f"method_prefill_speedup_{n}" for n in chatscene}
+    assert set(result["skipped"]) == set(pruning) - set(chatscene)
+    assert "llava" in result["skipped"]["fastervlm"]
+    assert result["dense"]["median_s"] > 0 and result["target_ratio"] == profile.method_ratio
+    for row in result["rows"]:
+        spec = METHODS[row["method"]]
+        tolerance = 1.0 if row["budget"]["keep"] is not None else 15.0  # SAP counts vary per sample
+        assert abs(row["layer_averaged_ratio"] - profile.method_ratio) <= tolerance, row
+        assert row["flops_ratio_dense_over_pruned"] > 1 and row["prefill"]["median_s"] > 0
+        in_llm = spec.multistage or spec.scorer == "fastv"
+        assert ("selection" in row) == (not in_llm), row
+        assert ("synthetic" in row["scores"]) == (spec.scorer == "maps")
+        if spec.multistage:
+            assert len(row["budget"]["layers"]) == len(row["budget"]["stage_keep"]) >= 1
+
+
+def test_method_prefill_records_a_method_it_cannot_score(monkeypatch) -> None:
+    """A registry entry whose scorer the benchmark has no synthetic inputs for is skipped with the reason,
+    and its goal is recorded as not measured; a method of another family gets no goal."""
+    import torch
+
+    from fast3d_cli.pruning import methods
+
+    pi = load_benchmark("pruned_inference")  # puts benchmarks/ on the path, as the suite does
+    bench = load_benchmark("method_prefill")
+    keep = ("none", "random", "fastervlm")
+    registry = {n: methods.METHODS[n] for n in keep}
+    registry["future"] = methods.MethodSpec("future", "future_scorer", "fixed")
+    monkeypatch.setattr(methods, "METHODS", registry)
+    torch.set_num_threads(1)
+    llm = pi.build_model("tiny", "cpu", torch.float32)
+    prompts = pi.Prompts(2, llm.config.hidden_size, "cpu", torch.float32, keep_objects=10)
+    with torch.inference_mode():
+        result = bench.method_cases(llm, prompts, lambda cases: pi.Timer("cpu", 1, 0), 60.0)
+    goals = bench.goals(result, 2)
+
+    assert [r["method"] for r in result["rows"]] == ["random"]
+    assert result["rows"][0]["layer_averaged_ratio"] == 60.0 and result["rows"][0]["budget"]["keep"] == 40
+    assert "future_scorer" in result["skipped"]["future"] and "fastervlm" in result["skipped"]
+    assert set(goals) == {"method_prefill_speedup_random", "method_prefill_speedup_future"}
+    future = goals["method_prefill_speedup_future"]
+    assert future["met"] is None and "SCORE_SOURCES" in future["not_measured"]
+    assert goals["method_prefill_speedup_random"]["measured"] == result["rows"][0]["speedup_with_selection"]
 
 
 def test_gpu_suite_records_a_failing_section_and_runs_the_rest(tmp_path: Path) -> None:
