@@ -20,7 +20,8 @@ method_prefill
              layer-averaged pruning, batch 16: its selection time outside the LLM
              (synthetic score tensors for the store/network methods), its pruned
              prefill, the dense one, the ratio it kept, FLOPs dense / pruned (each
-             method: dense / (selection + pruned prefill) >= 1)
+             method: dense / (selection + pruned prefill) >= 1); multi-stage methods
+             drop at layers 2, 4, 6 (see method_prefill.py)
 greedy       greedy 32-token throughput at batch 16, pruned / dense (>= 1.25x)         pruned_inference.py
 extraction   fast3d's attention capture vs eager output_attentions at 385 tokens,      extract.py
              batch 1 and 8 (>= 3x faster, >= 5x less activation memory)
