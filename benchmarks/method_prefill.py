@@ -228,14 +228,14 @@ def measure_method(spec: Any, llm: Any, batch: Batch, timer: Timer, ratio: float
     row: dict[str, Any] = {"method": spec.name, "scorer": spec.scorer, "scores": source}
     row["budget"] = budget_record(budget, settings)
     if scorer is not None:
-        row["selection"] = _slim(timer(selection_call(scorer, batch, budget, plan)))
+        row["selection"] = _with_min(timer(selection_call(scorer, batch, budget, plan)))
     decoder = PrunedDecoder(llm, plan)
-    row["prefill"] = _slim(timer(lambda: decoder.prefill(batch.prompts.embeds, batch.prompts.mask)[0]))
+    row["prefill"] = _with_min(timer(lambda: decoder.prefill(batch.prompts.embeds, batch.prompts.mask)[0]))
     return row | kept_figures(llm.config, decoder, budget, batch)
 
 
-def _slim(timing: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in timing.items() if k != "times_s"} | {"min_s": min(timing["times_s"])}
+def _with_min(timing: dict[str, Any]) -> dict[str, Any]:
+    return timing | {"min_s": min(timing["times_s"])}
 
 
 def method_cases(llm: Any, prompts: Any, timer_for: Callable[[int], Timer], ratio: float) -> dict[str, Any]:
@@ -251,7 +251,7 @@ def method_cases(llm: Any, prompts: Any, timer_for: Callable[[int], Timer], rati
     cases = 1 + sum(1 + (SCORE_SOURCES[s.scorer][0] is not None) for s in measured)
     timer = timer_for(cases)
     dense = HFCausalLMDecoder(llm)
-    reference = _slim(timer(lambda: dense.prefill(prompts.embeds, prompts.mask)[0]))
+    reference = _with_min(timer(lambda: dense.prefill(prompts.embeds, prompts.mask)[0]))
     print(f"[method_prefill] dense: prefill {1000 * reference['median_s']:.3g} ms", file=sys.stderr)
     rows = []
     for spec in measured:

@@ -192,6 +192,29 @@ def check_method_prefill(result: dict, profile, goal_names: set[str]) -> None:
             assert len(row["budget"]["layers"]) == len(row["budget"]["stage_keep"]) >= 1
 
 
+def test_method_prefill_budgets_reach_90_percent_on_the_7b_depth() -> None:
+    """On 32 layers every Chat-Scene method's settings resolve (none is out of reach) near 90%."""
+    import torch
+
+    from fast3d_cli.pruning.budgets import multistage_layer_averaged_ratio, sap_keep_counts
+    from fast3d_cli.pruning.methods import METHODS, resolve_budget
+
+    load_benchmark("pruned_inference")  # puts benchmarks/ on the path, as the suite does
+    bench = load_benchmark("method_prefill")
+    logits = torch.randn(16, 100, generator=torch.Generator().manual_seed(0))
+    assert bench.early_drop_layers(32) == (2, 4, 6) and bench.early_drop_layers(4) == (1,)
+    for name, spec in METHODS.items():
+        if spec.budget == "none" or bench.skip_reason(spec):
+            continue
+        budget = resolve_budget(spec, bench.settings_for(spec, 32, 90.0, logits), 32, 100, None)
+        if budget.alpha is not None:  # SAP: the mean count lands near the fixed count of 90%, 10
+            assert abs(sap_keep_counts(logits.numpy(), budget.alpha).mean() - 10) <= 3, name
+            continue
+        kept = [budget.stage_keep] if budget.layers else [[budget.keep]]
+        ratio = multistage_layer_averaged_ratio(kept, 100, budget.drop_layers, 32)
+        assert abs(ratio - 90.0) <= 1.0, (name, ratio)
+
+
 def test_method_prefill_records_a_method_it_cannot_score(monkeypatch) -> None:
     """A registry entry whose scorer the benchmark has no synthetic inputs for is skipped with the reason,
     and its goal is recorded as not measured; a method of another family gets no goal."""
