@@ -9,6 +9,7 @@ import typer
 
 from fast3d_cli import __version__
 from fast3d_cli.cli import (
+    compare_command,
     config_command,
     demo_command,
     eval_command,
@@ -73,6 +74,7 @@ _command("train-gap", "Stages")(gap_commands.train_gap_command)
 _command("predict", "Stages")(gap_commands.predict_command)
 _command("search-alpha", "Stages")(search_alpha_command.search_alpha_command)
 _command("eval", "Stages")(eval_command.eval_command)
+_command("compare", "Analysis")(compare_command.compare_command)
 _command("info", "Stores")(info_command.info_command)
 _command("report", "Analysis")(report_command.report_command)
 app.add_typer(config_command.app, name="config", rich_help_panel="Settings")

@@ -160,3 +160,56 @@ COMPARISON_CAPTION = (
     "ratio vs dense; 95% CI = its paired-bootstrap interval (docs/bootstrap.md); pruned = "
     "layer-averaged/input-level %; kept = mean objects; smp/s = samples per second"
 )
+
+
+def print_leaderboard(board: dict[str, Any], file: IO[str]) -> None:
+    """``fast3d compare``'s leaderboard: per row the score ratio with its interval, overall and per task,
+    the pruning reached, kept objects, FLOPs ratio, measured prefill and selection times and the agreement
+    with the dense answers; failed rows say why below the table."""
+    from fast3d_cli.metrics import format_interval
+
+    tasks = board["identity"]["tasks"]
+    table = Table(
+        title=f"fast3d compare (times on {board.get('device') or 'n/a'})", caption=LEADERBOARD_CAPTION
+    )
+    table.add_column("row")
+    for name in ("ratio %", "95% CI", *(SHORT_TASK_NAMES.get(t, t) for t in tasks)):
+        table.add_column(name, justify="right")
+    for name in ("pruned %", "kept", "FLOPs", "prefill ms", "select ms", "agree %"):
+        table.add_column(name, justify="right")
+    notes = []
+    for row in board["rows"]:
+        if row["status"] != "done":
+            notes.append(f"{row['label']}: {row['status']}: {row.get('error')}")
+            table.add_row(escape(row["label"]), row["status"], *[""] * (len(tasks) + 7))
+            continue
+        if row["score_ratio"] is None and row.get("score_ratio_reason"):
+            notes.append(f"{row['label']}: score ratio n/a ({row['score_ratio_reason']})")
+        per_task = [(row["per_task"].get(t) or {}).get("score_ratio") for t in tasks]
+        table.add_row(
+            escape(row["label"]),
+            _number(row["score_ratio"], "{:.2f}"),
+            escape(format_interval(row.get("score_ratio_ci95"))),
+            *(_number(v, "{:.1f}") for v in per_task),
+            _number(row["layer_averaged_ratio"], "{:.1f}"),
+            _number(row["mean_kept_objects"], "{:.1f}"),
+            _number(row["flops_ratio"], "{:.3f}"),
+            _number(row["prefill_ms_per_sample"], "{:.2f}"),
+            _number(row["selection_ms_per_sample"], "{:.2f}"),
+            _number(None if row["agreement"] is None else 100 * row["agreement"], "{:.1f}"),
+        )
+    wide = Console(file=file, width=max(Console(file=file).width, 140))
+    wide.print(table)
+    for note in notes:
+        wide.print(note, markup=False, highlight=False)
+
+
+def _number(value: float | None, form: str) -> str:
+    return "n/a" if value is None else form.format(value)
+
+
+LEADERBOARD_CAPTION = (
+    "ratio = score ratio vs dense (overall, then per task); 95% CI = its paired-bootstrap interval; pruned = "
+    "layer-averaged %; kept = mean objects; FLOPs = prefill FLOPs ratio; prefill/select ms = measured per "
+    "sample (LLM prefill / the method choosing tokens outside the LLM); agree = answers equal to dense"
+)

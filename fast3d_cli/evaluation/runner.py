@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ def generate_answers(
         if pruner is None:
             decoder, plan = HFCausalLMDecoder(model.llm), None
         else:
-            plan = pruner.plan(samples, inputs, bank)
+            timed = timer is not None and not pruner.is_dense  # a dense run selects nothing
+            with timer.selection(len(samples)) if timed else nullcontext():
+                plan = pruner.plan(samples, inputs, bank)
             decoder = plan.decoder
         if timer is not None:
             decoder = timer.wrap(decoder)

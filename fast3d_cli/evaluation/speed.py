@@ -1,8 +1,11 @@
-"""Wall-clock of generation, split into prefill and decode steps, and peak accelerator memory."""
+"""Wall-clock of generation, split into the method's token selection (outside the LLM), prefill and decode
+steps, and peak accelerator memory."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,8 @@ class SpeedTimer:
     prefill_rows: int = 0
     decode_seconds: float = 0.0
     decode_steps: int = 0
+    selection_seconds: float = 0.0
+    selection_rows: int = 0
 
     def __post_init__(self) -> None:
         import torch
@@ -34,6 +39,17 @@ class SpeedTimer:
     def wrap(self, decoder: Any) -> _TimedDecoder:
         return _TimedDecoder(decoder, self)
 
+    @contextmanager
+    def selection(self, rows: int) -> Iterator[None]:
+        """Time the pruning method choosing the tokens of a batch of ``rows`` samples before the LLM runs
+        (its scores: a maps store read, the GAP network, DivPrune's greedy pass ...)."""
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        self.selection_seconds += time.perf_counter() - start
+        self.selection_rows += rows
+
     def counters(self) -> dict[str, Any]:
         """This timer's sums and its peak memory in MiB (None off CUDA), for gathering across ranks."""
         peak = None
@@ -42,6 +58,7 @@ class SpeedTimer:
 
             peak = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         names = ("prefill_seconds", "prefills", "prefill_rows", "decode_seconds", "decode_steps")
+        names += ("selection_seconds", "selection_rows")
         return {**{name: getattr(self, name) for name in names}, "peak_memory_mib": peak}
 
     def absorb(self, counters: dict[str, Any]) -> None:
@@ -65,6 +82,9 @@ class SpeedTimer:
             else None,
             "prefill_ms_per_sample": round(1e3 * self.prefill_seconds / self.prefill_rows, 3)
             if self.prefill_rows
+            else None,
+            "selection_ms_per_sample": round(1e3 * self.selection_seconds / self.selection_rows, 3)
+            if self.selection_rows
             else None,
             "decode_ms_per_token": round(1e3 * self.decode_seconds / self.decode_steps, 3)
             if self.decode_steps

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from fast3d_cli.stores.location import StoreLocation
 
 GRANULARITIES = {"object": 3, "token": 1}
+ADAPTIVE_OPTIONS = {"sap": "alpha"}  # adaptive budget rule -> the PruningSettings field that sets its size
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class MethodSpec:
 
 
 ANY_FAMILY = ("chatscene", "llava")
+
+    @property
+    def fixed_budget(self) -> bool:
+        """Whether ``--keep``/``--ratio`` size the budget (the same count for every sample)."""
+        return self.budget == "fixed"
+
+    @property
+    def adaptive_option(self) -> str | None:
+        """The :class:`PruningSettings` field that sizes this method's per-sample adaptive budget (``alpha``
+        for SAP), None for a fixed or no budget. ``fast3d compare`` matches that field to a target ratio."""
+        return ADAPTIVE_OPTIONS.get(self.budget)
 
 
 METHODS: dict[str, MethodSpec] = {
