@@ -23,7 +23,11 @@ from fast3d_cli.errors import UserError
 def report_command(
     results: Annotated[
         list[Path] | None,
-        typer.Argument(help="Output directories of fast3d eval (dense and pruned runs).", show_default=False),
+        typer.Argument(
+            help="Output directories of fast3d eval (dense and pruned runs), or fast3d compare folders (or "
+            "their leaderboard.json) for the Pareto pictures.",
+            show_default=False,
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG pictures.")] = Path(
         "report"
@@ -49,7 +53,8 @@ def report_command(
     data_root: DataRootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Draw PNG pictures of evaluation results: score ratio vs pruning ratio, SAP budgets, a scene top view.
+    """Draw PNG pictures of evaluation results: score ratio vs pruning ratio, SAP budgets, a scene top view;
+    for a compare folder, the Pareto pictures (score ratio vs FLOPs and vs measured prefill time).
 
     Example: [bold]fast3d report runs/eval-* --true-maps maps.zarr --pred-maps pred.zarr -o report/[/bold]
     """
@@ -65,8 +70,16 @@ def report_command(
     def note(message: str) -> None:
         print(message, file=sys.stderr)
 
-    loaded = load_results(results or [], note=note)
-    files = make_report(
+    from fast3d_cli.report.pareto import is_leaderboard, leaderboard_report
+
+    boards = [path for path in results or [] if is_leaderboard(path)]
+    runs = [path for path in results or [] if not is_leaderboard(path)]
+    files = leaderboard_report(boards, output, note)
+    if boards and not runs:
+        emit(output, {"output": str(output), "files": [str(f) for f in files]}, as_json)
+        return
+    loaded = load_results(runs, note=note)
+    files += make_report(
         loaded,
         output,
         true_maps=None if true_maps is None else store_argument(true_maps, "--true-maps"),
