@@ -172,7 +172,7 @@ def print_leaderboard(board: dict[str, Any], file: IO[str]) -> None:
     table = Table(
         title=f"fast3d compare (times on {board.get('device') or 'n/a'})", caption=LEADERBOARD_CAPTION
     )
-    table.add_column("row")
+    table.add_column("row", no_wrap=True)
     for name in ("ratio %", "95% CI", *(SHORT_TASK_NAMES.get(t, t) for t in tasks)):
         table.add_column(name, justify="right")
     for name in ("pruned %", "kept", "FLOPs", "prefill ms", "select ms", "agree %"):
@@ -198,7 +198,7 @@ def print_leaderboard(board: dict[str, Any], file: IO[str]) -> None:
             _number(row["selection_ms_per_sample"], "{:.2f}"),
             _number(None if row["agreement"] is None else 100 * row["agreement"], "{:.1f}"),
         )
-    wide = Console(file=file, width=max(Console(file=file).width, 140))
+    wide = Console(file=file, width=max(Console(file=file).width, 170))
     wide.print(table)
     for note in notes:
         wide.print(note, markup=False, highlight=False)
