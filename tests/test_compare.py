@@ -246,3 +246,30 @@ def test_report_refuses_a_file_that_is_no_leaderboard(tmp_path, capsys) -> None:
     code, _, stderr = fast3d(capsys, "report", str(bad), "-o", str(tmp_path / "r"))
     assert code == 2 and one_error_line(stderr)
     assert "is not a leaderboard of fast3d compare" in stderr
+
+
+def test_an_interrupted_first_row_resumes(tmp_path, capsys, monkeypatch) -> None:
+    """Ctrl-C inside the dense row stops the command; the folder is a compare folder that the rerun
+    completes."""
+    from fast3d_cli.evaluation import runner
+
+    out = tmp_path / "cmp"
+    args = ["compare", "-o", str(out), "-m", "random", "--ratios", "50", "--tasks", "scanrefer",
+            "--limit", "1", "--num-beams", "1", "--max-new-tokens", "4", "--bootstrap", "0"]  # fmt: skip
+    original = runner.generate_answers
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first call is the untimed warm-up, the second the dense row
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate_answers", interrupted)
+    code, _, stderr = fast3d(capsys, *args)
+    assert code == 130, stderr
+    assert json.loads((out / "leaderboard.json").read_text())["rows"] == []
+    monkeypatch.setattr(runner, "generate_answers", original)
+    code, stdout, stderr = fast3d(capsys, *args, "--json")
+    assert code == 0, stderr
+    assert [row["status"] for row in json.loads(stdout)["rows"]] == ["done", "done"]

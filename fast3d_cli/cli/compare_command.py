@@ -132,7 +132,7 @@ def compare_command(
     source = model_source(model, checkpoint, base_llm, lora_alpha, trust_checkpoint)
     output = check_output_location(output)
     data_files(data, evaluation.tasks, evaluation.split)
-    n_layers, _ = source.shape()
+    n_layers, n_objects = source.shape()
 
     with ProgressReporter("compare") as progress:
 
@@ -144,7 +144,7 @@ def compare_command(
             output,
             settings,
             data,
-            TargetModel(load, source.fingerprint(), n_layers),
+            TargetModel(load, source.fingerprint(), n_layers, n_objects),
             overwrite=overwrite,
             progress=progress.update,
             phase=progress.phase,

@@ -81,7 +81,8 @@ class TargetModel:
 
     load: Callable[[], Any]
     fingerprint: str
-    n_layers: int | None
+    n_layers: int | None  # from the config files (None where they do not say: checked once loaded)
+    n_objects: int | None = None
     _model: Any = None
 
     def get(self) -> Any:
@@ -182,9 +183,10 @@ def run_compare(
     files = data_files(data, settings.evaluation.tasks, settings.evaluation.split)
     identity = settings.identity(target.fingerprint, files_fingerprint(files))
     board = Leaderboard.open(out_dir, identity, overwrite)
+    board.write()  # from now on the folder is a compare folder: an interrupted first row resumes
     planned = settings.rows()
     order = [row.slug for row in planned]
-    resolved = _resolve_all(board, planned, settings, target.n_layers, order, phase)
+    resolved = _resolve_all(board, planned, settings, data, target, order, phase)
     pending = [r for r in resolved if not board.finished(r)]
     for r in resolved:
         if board.finished(r):
@@ -206,16 +208,22 @@ def _resolve_all(
     board: Leaderboard,
     planned: Sequence[PlannedRow],
     settings: CompareSettings,
-    n_layers: int | None,
+    data: DataConfig,
+    target: TargetModel,
     order: Sequence[str],
     phase: PhaseCallback,
 ) -> list[ResolvedRow]:
-    """Resolve each row's settings before any model loads; a row that cannot run is recorded as failed
-    (a finished row is kept as it is, with a note)."""
+    """Resolve each row's settings and run every check ``fast3d eval`` runs before its model loads (the
+    maps store's kind, model, data and object count); a row that cannot run is recorded as failed (a
+    finished row is kept as it is, with a note)."""
+    from fast3d_cli.pruning.methods import preflight
+
     resolved = []
     for row in planned:
         try:
-            resolved.append(resolve_row(row, settings.inputs, settings.layer, n_layers))
+            found = resolve_row(row, settings.inputs, settings.layer, target.n_layers)
+            preflight(found.pruning, target.fingerprint, target.n_layers, target.n_objects, data)
+            resolved.append(found)
         except UserError as err:
             if board.rows.get(row.slug, {}).get("status") == "done":
                 phase(f"{row.label}: kept the finished row ({err})")
