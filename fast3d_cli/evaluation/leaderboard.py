@@ -224,13 +224,20 @@ def _resolve_all(
             found = resolve_row(row, settings.inputs, settings.layer, target.n_layers)
             preflight(found.pruning, target.fingerprint, target.n_layers, target.n_objects, data)
             resolved.append(found)
-        except UserError as err:
+        except Exception as err:  # a bad row (UserError) or a crash while resolving it: this row only
+            line = str(err) if isinstance(err, UserError) else error_line(err)
             if board.rows.get(row.slug, {}).get("status") == "done":
-                phase(f"{row.label}: kept the finished row ({err})")
+                phase(f"{row.label}: kept the finished row ({line})")
                 continue
-            phase(f"{row.label}: failed ({err})")
-            board.put(failed_row(row, str(err)), order)
+            phase(f"{row.label}: failed ({line})")
+            board.put(failed_row(row, line), order)
     return resolved
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an unexpected error."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 class _RowRunner:
@@ -256,9 +263,10 @@ class _RowRunner:
         return self.out_dir / "runs" / DENSE
 
     def run(self, resolved: ResolvedRow) -> dict[str, Any]:
-        """The finished row, or its failure: a UserError or any other Exception ends only this row."""
+        """The finished row, or its failure: a UserError or any other Exception ends only this row (one
+        loading the model ends the command: no row could run)."""
+        model = self._model()
         try:
-            model = self._model()
             result = self._evaluate(model, resolved)
             return done_row(
                 resolved, result, self.out_dir / "runs" / resolved.row.slug, self.dense_dir, self.device
@@ -269,9 +277,9 @@ class _RowRunner:
         except Exception as err:  # any crash ends this row only (a KeyboardInterrupt still stops)
             log = self.out_dir / "errors" / f"{resolved.row.slug}.txt"
             write_text_atomic(log, traceback.format_exc())
-            line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            line = error_line(err)
             self.phase(f"{resolved.row.label}: failed ({line}; traceback in {log})")
-            return failed_row(resolved.row, line.rstrip(": "), resolved)
+            return failed_row(resolved.row, line, resolved)
 
     def _model(self) -> Any:
         model = self.target.get()
