@@ -273,3 +273,24 @@ def test_an_interrupted_first_row_resumes(tmp_path, capsys, monkeypatch) -> None
     code, stdout, stderr = fast3d(capsys, *args, "--json")
     assert code == 0, stderr
     assert [row["status"] for row in json.loads(stdout)["rows"]] == ["done", "done"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_crash_while_matching_fails_that_row_and_a_model_that_cannot_load_ends_the_command(
+    maps, tmp_path, capsys, monkeypatch
+) -> None:
+    from fast3d_cli.evaluation.matching import MATCHERS
+
+    def crash(*args, **kwargs):
+        raise ValueError("matcher broke")
+
+    monkeypatch.setitem(MATCHERS, "alpha", crash)
+    out = tmp_path / "cmp"
+    args = ["compare", "-o", str(out), "-m", "oracle+sap", "--maps", str(maps), *QUICK, "--device", "cuda"]
+    code, stdout, stderr = fast3d(capsys, *args)
+    assert code == 2 and stdout == "" and one_error_line(stderr)
+    assert "CUDA is not available" in stderr.splitlines()[-1]
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert [(r["slug"], r["status"], r["error"]) for r in rows] == [
+        ("oracle+sap-adaptive90", "failed", "ValueError: matcher broke")
+    ]
