@@ -89,6 +89,7 @@ def test_compare_writes_one_row_per_method_and_setting(compared) -> None:
     assert rows["random-50"]["mean_kept_objects"] == pytest.approx(50.0)
     sap = rows["oracle+sap-adaptive90"]
     assert sap["alpha"] is not None and sap["matched"].startswith(f"alpha {sap['alpha']:g}")
+    assert "(the first 2 samples per task of" in sap["matched"]  # matched on the compared samples
     assert sap["keep"] is None
 
 

@@ -263,3 +263,27 @@ def test_cli_user_errors_are_one_line_and_exit_2(
     code, out, err = fast3d(capsys, "search-alpha", "-")
     assert code == 2 and out == ""
     assert err == "fast3d: error: STORE -: no path on stdin (pipe the previous stage's output)\n"
+
+
+def test_limit_searches_only_the_first_samples(tmp_path: Path) -> None:
+    """``limit`` (what ``fast3d compare --limit`` matches on): the alpha found on the first N rows of each
+    task equals the alpha found on a store holding only them."""
+    full = make_store(tmp_path / "full.zarr", {"scanqa": 60}, sharp={"scanqa": (0.3, 8.0)})
+    rows = open_store(full).group("scanqa", "val").read("object_scores")[:20]
+    first = create_store(tmp_path / "first.zarr", {"kind": "prediction", **STORE_ATTRS})
+    group = first.create_group("scanqa", "val", 20, {"annotation": "a-scanqa"}, optional=False)
+    for chunk in range(group.n_chunks):
+        start, stop = group.chunk_bounds(chunk)
+        group.write_chunk(
+            chunk,
+            np.arange(start, stop),
+            {"object_scores": rows[start:stop], "prompt_scores": rows[start:stop]},
+        )
+    limited = search_alpha(full, 80.0, record=False, limit=20)
+    alone = search_alpha(tmp_path / "first.zarr", 80.0, record=False)
+    assert (limited.alpha, limited.ratio, limited.per_task["scanqa"].n_samples) == (
+        alone.alpha,
+        alone.ratio,
+        20,
+    )
+    assert limited.alpha != search_alpha(full, 80.0, record=False).alpha  # the other 40 rows move it

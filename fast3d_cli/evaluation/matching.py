@@ -25,12 +25,14 @@ DENSE = "dense"
 @dataclass(frozen=True)
 class MatchInputs:
     """What the rows may read: maps stores by kind (``attention``: fast3d extract, ``prediction``: fast3d
-    predict), a GAP network for online scoring, and where the adaptive matchers look (split, tasks)."""
+    predict), a GAP network for online scoring, and the compared samples the adaptive matchers look at
+    (split, tasks, limit)."""
 
     stores: Mapping[str, Any] = field(default_factory=dict)  # store kind -> its path or StoreLocation
     gap: Path | None = None
     split: str = "val"
     tasks: tuple[str, ...] = ()
+    limit: int | None = None  # the first N samples of each task are compared (and matched on)
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,8 @@ Matcher = Callable[[PruningSettings, float, MatchInputs], tuple[Any, str]]
 
 
 def match_sap_alpha(pruning: PruningSettings, input_target: float, inputs: MatchInputs) -> tuple[float, str]:
-    """SAP: the alpha whose input-level pruning on the method's maps store is closest to ``input_target``
-    (``fast3d search-alpha``, not recorded in the store)."""
+    """SAP: the alpha whose input-level pruning on the compared samples' maps in the method's store is
+    closest to ``input_target`` (``fast3d search-alpha``, not recorded in the store)."""
     from fast3d_cli.pruning.alpha_search import search_alpha
 
     if pruning.maps is None:
@@ -168,10 +170,15 @@ def match_sap_alpha(pruning: PruningSettings, input_target: float, inputs: Match
             f"{pruning.method}: matching its alpha to ~{input_target:g}% pruning needs {article(kinds)} "
             f"{kinds} store in --maps (--gap alone gives no maps to search)"
         )
+    tasks = inputs.tasks or None
     found = search_alpha(
-        pruning.maps, input_target, tasks=inputs.tasks or None, split=inputs.split, record=False
+        pruning.maps, input_target, tasks=tasks, split=inputs.split, record=False, limit=inputs.limit
     )
-    return found.alpha, f"alpha {found.alpha:g} prunes {found.ratio:.2f}% of the objects in {pruning.maps}"
+    where = f"the first {inputs.limit} samples per task" if inputs.limit else "every sample"
+    return (
+        found.alpha,
+        f"alpha {found.alpha:g} prunes {found.ratio:.2f}% of the objects ({where} of {pruning.maps})",
+    )
 
 
 MATCHERS: dict[str, Matcher] = {"alpha": match_sap_alpha}

@@ -255,17 +255,21 @@ def search_alpha(
     weighting: str = "task",
     record: bool = True,
     skip_padding: Any = None,
+    limit: int | None = None,
 ) -> AlphaSearch:
     """Find the SAP alpha whose pruning ratio on ``split`` is closest to ``target`` percent.
 
     ``tasks`` defaults to every evaluation task the store has for ``split``. With ``record`` the result is
-    merged into the store's root attributes as ``sap`` (all other attributes are kept). Raises ``UserError``
+    merged into the store's root attributes as ``sap`` (all other attributes are kept). ``limit``: only the
+    first N samples of each task (the ones ``eval --limit N`` evaluates). Raises ``UserError``
     for a missing or foreign store, bad options, a missing task/split, an incomplete group or NaN scores.
     """
     _check_options(target, tolerance, weighting)
     target, tolerance = float(target), float(tolerance)
     store = _open(store_path_or_store)
     scores = _load_scores(store, tasks, split)
+    if limit is not None:
+        scores = {task: values[:limit] for task, values in scores.items()}
     if skip_padding is not None:
         scores = exclude_padding(scores, skip_padding, split)
     f = _Evaluator(scores, weighting)
