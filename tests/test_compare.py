@@ -295,3 +295,19 @@ def test_a_crash_while_matching_fails_that_row_and_a_model_that_cannot_load_ends
     assert [(r["slug"], r["status"], r["error"]) for r in rows] == [
         ("oracle+sap-adaptive90", "failed", "ValueError: matcher broke")
     ]
+
+
+def test_a_row_whose_settings_changed_is_redone(compared, tmp_path, capsys) -> None:
+    """The same row with another store (a copy here, so another path): its folder is redone, not refused."""
+    import shutil
+
+    maps = Path(compared["args"][compared["args"].index("--maps") + 1])
+    moved = shutil.copytree(maps, tmp_path / "moved.zarr")
+    args = list(compared["args"])
+    args[args.index("--maps") + 1] = str(moved)
+    args[args.index("-m") + 1] = "oracle+sap"
+    code, stdout, stderr = fast3d(capsys, *args, "--json")
+    assert code == 0, stderr
+    assert "oracle+sap ~90%: the settings changed since it was recorded; redoing it" in stderr
+    row = next(r for r in json.loads(stdout)["rows"] if r["slug"] == "oracle+sap-adaptive90")
+    assert row["status"] == "done" and row["settings"]["maps"] == str(moved)

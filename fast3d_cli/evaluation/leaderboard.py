@@ -125,6 +125,12 @@ class Leaderboard:
         board.device = saved.get("device")
         return board
 
+    def changed(self, resolved: ResolvedRow) -> bool:
+        """Whether the row was recorded with other settings (a new store, another alpha): its folder is
+        then redone."""
+        recorded = self.rows.get(resolved.row.slug, {}).get("settings")
+        return recorded is not None and recorded != resolved.pruning.identity()
+
     def finished(self, resolved: ResolvedRow) -> bool:
         row = self.rows.get(resolved.row.slug)
         return bool(row) and row["status"] == "done" and row.get("settings") == resolved.pruning.identity()
@@ -197,7 +203,7 @@ def run_compare(
             phase(
                 f"row {number}/{len(pending)}: {row.row.label}" + (f" ({row.matched})" if row.matched else "")
             )
-            entry = runner.run(row)
+            entry = runner.run(row, replace_run=board.changed(row))
             board.device = runner.device or board.device
             board.put(entry, order)
     board.write()
@@ -262,12 +268,14 @@ class _RowRunner:
     def dense_dir(self) -> Path:
         return self.out_dir / "runs" / DENSE
 
-    def run(self, resolved: ResolvedRow) -> dict[str, Any]:
+    def run(self, resolved: ResolvedRow, replace_run: bool = False) -> dict[str, Any]:
         """The finished row, or its failure: a UserError or any other Exception ends only this row (one
         loading the model ends the command: no row could run)."""
         model = self._model()
         try:
-            result = self._evaluate(model, resolved)
+            if replace_run:
+                self.phase(f"{resolved.row.label}: the settings changed since it was recorded; redoing it")
+            result = self._evaluate(model, resolved, replace_run)
             return done_row(
                 resolved, result, self.out_dir / "runs" / resolved.row.slug, self.dense_dir, self.device
             )
@@ -290,12 +298,12 @@ class _RowRunner:
             warm_up(model, self.data, self.settings.evaluation)
         return model
 
-    def _evaluate(self, model: Any, resolved: ResolvedRow) -> dict[str, Any]:
+    def _evaluate(self, model: Any, resolved: ResolvedRow, replace_run: bool) -> dict[str, Any]:
         from fast3d_cli.evaluation.runner import run_eval, run_pruned_eval
 
         evaluation = replace(self.settings.evaluation, pruning=resolved.pruning)
         run_dir = self.out_dir / "runs" / resolved.row.slug
-        common = {"overwrite": self.overwrite, "progress": self.progress, "phase": self.phase}
+        common = {"overwrite": self.overwrite or replace_run, "progress": self.progress, "phase": self.phase}
         if resolved.row.kind == DENSE:
             return run_eval(model, self.target.fingerprint, self.data, evaluation, run_dir, **common)
         return run_pruned_eval(
