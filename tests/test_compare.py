@@ -184,15 +184,21 @@ def test_rows_come_from_the_registry_properties(monkeypatch) -> None:
     """A method registered by someone else joins the comparison without changes to compare."""
     monkeypatch.setitem(METHODS, "newfixed", MethodSpec("newfixed", "random", "fixed"))
     monkeypatch.setitem(METHODS, "newadaptive", MethodSpec("newadaptive", "maps", "sap", ("prediction",)))
-    assert {"newfixed", "newadaptive"} <= set(comparable_methods())
+    both = MethodSpec("newboth", "maps", "fixed", ("prediction",), adaptive=True)  # --ratio, or --alpha
+    monkeypatch.setitem(METHODS, "newboth", both)
+    assert {"newfixed", "newadaptive", "newboth"} <= set(comparable_methods())
     assert "none" not in comparable_methods()
-    rows = plan_rows(["newfixed", "newadaptive"], [35.0, 90.0], 85.0)
+    rows = plan_rows(["newfixed", "newadaptive", "newboth"], [35.0, 90.0], 85.0)
     assert [(r.slug, r.kind, r.target) for r in rows] == [
         ("dense", "dense", None),
         ("newfixed-35", "fixed", 35.0),
         ("newfixed-90", "fixed", 90.0),
         ("newadaptive-adaptive85", "adaptive", 85.0),
+        ("newboth-35", "fixed", 35.0),
+        ("newboth-90", "fixed", 90.0),
+        ("newboth-adaptive85", "adaptive", 85.0),
     ]
+    assert (both.fixed_budget, both.adaptive_option) == (True, "alpha")
 
 
 def test_pareto_front_keeps_the_undominated_points() -> None:

@@ -4,9 +4,10 @@ A method with a fixed budget (``MethodSpec.fixed_budget``) gets one row per targ
 --ratio R``: the kept count whose layer-averaged pruning ratio is closest to R. A method with an adaptive
 budget (``MethodSpec.adaptive_option``, e.g. SAP's ``alpha``) gets one row at the adaptive target (~90%): the
 matcher registered for its option finds the value whose average pruning is closest to the target, as
-``fast3d search-alpha`` does. The rows come from the registry's properties, never from method names, so a
-method added to :data:`~fast3d_cli.pruning.methods.METHODS` joins the comparison unchanged; a new kind of
-adaptive budget only needs a matcher in :data:`MATCHERS`.
+``fast3d search-alpha`` does. A method with both (efficient3d) gets both kinds of rows. The rows come from
+the registry's properties, never from method names, so a method added to
+:data:`~fast3d_cli.pruning.methods.METHODS` joins the comparison unchanged; a new kind of adaptive budget
+only needs a matcher in :data:`MATCHERS`.
 """
 
 from __future__ import annotations
@@ -91,13 +92,13 @@ def parse_ratios(text: str, option: str = "--ratios") -> tuple[float, ...]:
 
 
 def plan_rows(methods: Sequence[str], ratios: Sequence[float], adaptive_target: float) -> list[PlannedRow]:
-    """The dense row, then per method its fixed-budget rows (one per ratio) or its adaptive row."""
+    """The dense row, then per method its fixed-budget rows (one per ratio) and its adaptive row."""
     rows = [PlannedRow(DENSE, "dense", "none", DENSE, None)]
     for name in methods:
         spec = METHODS[name]
         if spec.fixed_budget:
             rows += [PlannedRow(f"{name}-{r:g}", f"{name} {r:g}%", name, "fixed", r) for r in ratios]
-        elif spec.adaptive_option:
+        if spec.adaptive_option:  # a method may have both (efficient3d: --ratio, or --alpha for its ATR)
             slug, label = f"{name}-adaptive{adaptive_target:g}", f"{name} ~{adaptive_target:g}%"
             rows.append(PlannedRow(slug, label, name, "adaptive", adaptive_target))
     return rows

@@ -69,8 +69,9 @@ ANY_FAMILY = ("chatscene", "llava")
     @property
     def adaptive_option(self) -> str | None:
         """The :class:`PruningSettings` field that sizes this method's per-sample adaptive budget (``alpha``
-        for SAP), None for a fixed or no budget. ``fast3d compare`` matches that field to a target ratio."""
-        return ADAPTIVE_OPTIONS.get(self.budget)
+        for SAP, and for a fixed method that also takes ``--alpha``), None without an adaptive budget.
+        ``fast3d compare`` matches that field to a target ratio."""
+        return ADAPTIVE_OPTIONS.get("sap" if self.adaptive else self.budget)
 
 
 METHODS: dict[str, MethodSpec] = {
