@@ -317,3 +317,16 @@ def test_a_row_whose_settings_changed_is_redone(compared, tmp_path, capsys) -> N
     assert "oracle+sap ~90%: the settings changed since it was recorded; redoing it" in stderr
     row = next(r for r in json.loads(stdout)["rows"] if r["slug"] == "oracle+sap-adaptive90")
     assert row["status"] == "done" and row["settings"]["maps"] == str(moved)
+
+
+def test_multistage_rows_use_their_drop_layers_and_a_threshold_has_no_matcher() -> None:
+    from fast3d_cli.errors import UserError
+    from fast3d_cli.evaluation.matching import MatchInputs, resolve_row
+
+    spec = METHODS["adatoken3d"]  # multi-stage, min layer 1, fixed budgets or the adaptive --threshold
+    assert (spec.fixed_budget, spec.adaptive_option) == (True, "threshold")
+    fixed, adaptive = plan_rows(["adatoken3d"], [50.0], 90.0)[1:]
+    resolved = resolve_row(fixed, MatchInputs(), layer=2, n_layers=4)
+    assert (resolved.pruning.layer, resolved.pruning.ratio, resolved.pruning.layers) == (0, 50.0, None)
+    with pytest.raises(UserError, match="no matcher for its adaptive --threshold"):
+        resolve_row(adaptive, MatchInputs(), layer=0, n_layers=4)

@@ -124,16 +124,19 @@ def resolve_row(row: PlannedRow, inputs: MatchInputs, layer: int, n_layers: int 
     if row.kind == DENSE:
         return ResolvedRow(row, PruningSettings())
     spec = METHODS[row.method]
-    base = PruningSettings(method=row.method, layer=max(layer, spec.min_layer), **method_inputs(spec, inputs))
+    layer = 0 if spec.multistage else max(layer, spec.min_layer)  # multi-stage: its default drop layers
+    base = PruningSettings(method=row.method, layer=layer, **method_inputs(spec, inputs))
     share = 1.0 if n_layers is None else _reachable_share(row.target, base.layer, n_layers)
     if row.kind == "fixed":
         pruning = replace(base, ratio=row.target)
         validate(pruning, n_layers)
         return ResolvedRow(row, pruning)
-    matcher = MATCHERS.get(spec.adaptive_option)
+    option = spec.adaptive_option
+    matcher = MATCHERS.get(option)
     if matcher is None:
         raise UserError(
-            f"{row.method}: compare cannot match its adaptive {spec.adaptive_option!r} to a ratio"
+            f"{row.method}: compare has no matcher for its adaptive --{option} (the pruning it gives is "
+            f"known only once the model runs); compare its fixed-budget rows, or run fast3d eval --{option}"
         )
     validate(replace(base, **{spec.adaptive_option: _PLACEHOLDERS.get(spec.adaptive_option)}), n_layers)
     value, matched = matcher(base, row.target / share, inputs)  # the share of visual items to remove

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from fast3d_cli.stores.location import StoreLocation
 
 GRANULARITIES = {"object": 3, "token": 1}
-ADAPTIVE_OPTIONS = {"sap": "alpha"}  # adaptive budget rule -> the PruningSettings field that sets its size
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,6 @@ class MethodSpec:
     multistage: bool = False  # drops at several layers (--layers, --stage-ratio)
     threshold: bool = False  # takes the adaptive --threshold budget
 
-
-ANY_FAMILY = ("chatscene", "llava")
-
     @property
     def fixed_budget(self) -> bool:
         """Whether ``--keep``/``--ratio`` size the budget (the same count for every sample)."""
@@ -68,10 +64,15 @@ ANY_FAMILY = ("chatscene", "llava")
 
     @property
     def adaptive_option(self) -> str | None:
-        """The :class:`PruningSettings` field that sizes this method's per-sample adaptive budget (``alpha``
-        for SAP, and for a fixed method that also takes ``--alpha``), None without an adaptive budget.
-        ``fast3d compare`` matches that field to a target ratio."""
-        return ADAPTIVE_OPTIONS.get("sap" if self.adaptive else self.budget)
+        """The :class:`PruningSettings` field that sizes this method's per-sample adaptive budget: ``alpha``
+        (SAP, or a fixed method that also takes ``--alpha``), ``threshold`` (multi-stage gating); None
+        without one. ``fast3d compare`` matches that field to a target ratio."""
+        if self.budget == "sap" or self.adaptive:
+            return "alpha"
+        return "threshold" if self.threshold else None
+
+
+ANY_FAMILY = ("chatscene", "llava")
 
 
 METHODS: dict[str, MethodSpec] = {
