@@ -23,7 +23,7 @@ from fast3d_cli.pruning.methods import METHODS, MethodSpec
 from fast3d_cli.pruning.scorers import divprune_scores, random_scores, to_granularity
 
 GENERIC_METHODS: dict[str, MethodSpec] = {
-    **METHODS,
+    **{name: spec for name, spec in METHODS.items() if spec.budget != "anchored"},  # needs Chat-Scene prompts
     "fastervlm": MethodSpec(
         "fastervlm", "cls", "fixed", help="FasterVLM: [CLS] attention of the vision tower (LLaVA-style)"
     ),
