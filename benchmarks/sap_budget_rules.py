@@ -13,8 +13,8 @@ that the task-averaged mean kept count is ``--kept`` objects (10 = 90% input-lev
 the paper's 90% at K = 0, as `search-alpha` averages tasks); ``fixed`` keeps exactly that many. The model
 then answers each held-out sample with only the kept objects (pruned before layer 0), and each rule's score
 ratio against the dense answers is reported with its paired-bootstrap 95% interval, per task too, with the
-mean kept count per task. Answers are cached by (sample, kept set, beams) in ``RUN/rule_cache.json``, so
-rules that keep the same objects cost nothing.
+mean kept count per task. Answers are cached by (sample, kept set, beams) in
+``RUN/rule_cache_<split>.json`` (``--cache``), so rules that keep the same objects cost nothing.
 
 --maps-split val with --fit 0 --holdout 200 evaluates the same rules on a val prediction store instead (the
 final numbers, not the selection).
@@ -223,9 +223,33 @@ def evaluate(
     for task in TASKS:
         samples = held.samples[task]
         texts = answerer.answers(samples, None if masks is None else masks[task])
+        samples = [with_references(s, context) for s in samples]
         records = [prediction_record(s, text, 0, 0) for s, text in zip(samples, texts, strict=True)]
         out[task] = evaluate_task(task, records, context, MetricOptions())
     return out
+
+
+def with_references(sample: Any, context: Any) -> Any:
+    """A train sample with val-style references: its training caption (Scan2Cap, ScanQA, SQA3D), or for
+    ScanRefer/Multi3DRefer the GT objects that best overlap the proposals its caption names (its evidence)."""
+    from dataclasses import replace
+
+    from fast3d_cli.metrics import pairwise_box_iou
+
+    if sample.split != "train" or sample.caption is None:
+        return sample
+    if sample.task not in ("multi3dref", "scanrefer"):
+        return replace(sample, ref_captions=(sample.caption,))
+    proposals = list(sample.evidence or ())
+    if not proposals:
+        return replace(sample, ref_captions=())
+    boxes = context.proposal_boxes(sample.scene_id)[proposals]
+    targets = tuple(
+        sorted({int(j) for j in pairwise_box_iou(boxes, context.gt_boxes(sample.scene_id)).argmax(1)})
+    )
+    if sample.task == "scanrefer":  # train rows' obj_id is not the GT id; the referred proposal's best GT is
+        return replace(sample, obj_id=targets[0])
+    return replace(sample, ref_captions=targets)
 
 
 _SCORER: Any = None
@@ -254,6 +278,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rows", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--name", default="sap_budget_rules")
+    parser.add_argument("--cache", default=None, help="answer cache in RUN (default rule_cache_<split>.json)")
     args = parser.parse_args()
 
     import torch
@@ -276,7 +301,11 @@ def main() -> None:
         args.pred or f"pred_{args.maps_split}.zarr",
     )
     answerer = Answerer(
-        model, held.bank, args.run_dir / f"rule_cache_{args.maps_split}.json", args.num_beams, args.batch_size
+        model,
+        held.bank,
+        args.run_dir / (args.cache or f"rule_cache_{args.maps_split}.json"),
+        args.num_beams,
+        args.batch_size,
     )
     dense = evaluate(held, answerer, data, None)
     dense_units = {t: e.units for t, e in dense.items()}
@@ -308,12 +337,10 @@ def main() -> None:
             }
         )
         r = results[-1]
-        print(
-            f"{row.label}: {r['score_ratio']:.2f} {r['score_ratio_ci95']} kept {kept} "
-            f"per task {r['score_ratio_per_task']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        shown = "n/a" if r["score_ratio"] is None else f"{r['score_ratio']:.2f} {r['score_ratio_ci95']}"
+        undefined = "" if r["score_ratio"] is not None else f" ({ratio['undefined']})"
+        print(f"{row.label}: {shown}{undefined} kept {kept} per task {r['score_ratio_per_task']}",
+              file=sys.stderr, flush=True)  # fmt: skip
     path = write_result(
         args.name,
         {
