@@ -14,7 +14,8 @@ the paper's 90% at K = 0, as `search-alpha` averages tasks); ``fixed`` keeps exa
 then answers each held-out sample with only the kept objects (pruned before layer 0), and each rule's score
 ratio against the dense answers is reported with its paired-bootstrap 95% interval, per task too, with the
 mean kept count per task. Answers are cached by (sample, kept set, beams) in
-``RUN/rule_cache_<split>.json`` (``--cache``), so rules that keep the same objects cost nothing.
+``RUN/rule_cache_<split>.json`` (``--cache NAME-x.json`` for a parallel run: every ``NAME*.json`` is read),
+so rules that keep the same objects cost nothing.
 
 --maps-split val with --fit 0 --holdout 200 evaluates the same rules on a val prediction store instead (the
 final numbers, not the selection).
@@ -58,6 +59,10 @@ def default_rows() -> list[RuleRow]:
     ]
     rows += [RuleRow(f"GAP+SAP floor {f}", "sap_floor", "gap", {"floor": f}) for f in (3, 5, 7)]
     rows += [RuleRow("GAP+SAP floor 5 cap 20", "sap_floor", "gap", {"floor": 5, "cap": 20})]
+    rows += [RuleRow("GAP+SAP floor 5 skip-padding", "sap_floor", "gap", {"floor": 5}, skip_padding=True)]
+    rows += [
+        RuleRow("anchored floor 0 nb 2", "anchored", "gap", {"floor": 0, "neighbours": 2}, skip_padding=True)
+    ]
     rows += [
         RuleRow(
             f"anchored floor {f} nb {n}", "anchored", "gap", {"floor": f, "neighbours": n}, skip_padding=True
@@ -153,7 +158,9 @@ class Answerer:
         self.model, self.bank, self.path, self.batch = model, bank, cache_path, batch_size
         self.config = GenerationConfig(num_beams=beams)
         self.beams = beams
-        self.cache: dict[str, str] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        self.cache: dict[str, str] = {}  # every cache of the split beside this one is read (parallel runs)
+        for path in sorted(cache_path.parent.glob(f"{cache_path.name.split('.')[0].split('-')[0]}*.json")):
+            self.cache.update(json.loads(path.read_text()))
 
     def key(self, sample: Any, kept: np.ndarray | None) -> str:
         ids = "dense" if kept is None else ",".join(map(str, np.flatnonzero(kept)))
