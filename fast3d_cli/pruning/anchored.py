@@ -101,6 +101,11 @@ def store_alpha(maps: Any, data: Any) -> float | None:
         by_index = {s.index: s for s in load_samples(data, task, split)}
         indices = sorted(rows)
         scores[task] = np.stack([rows[i] for i in indices]).astype(np.float32)
+        unknown = [i for i in indices if i not in by_index]
+        if unknown:
+            raise UserError(
+                f"{maps.store.path}: {task}/{split} maps annotation {unknown[0]}, absent from the data"
+            )
         if bank is not None:
             excluded[task] = padding_mask(bank, [by_index[i].scene_id for i in indices])
     return calibrate_alpha(scores, excluded, float(recorded["target"]))
