@@ -120,3 +120,39 @@ def test_gap_asap_in_the_evaluation(inputs, target, data_config) -> None:  # noq
     for i, sample in enumerate(samples):
         alone = generate_answers(model, bank, [sample], config, pruner)
         assert alone.texts == [together.texts[i]] and alone.kept_visual == [together.kept_visual[i]]
+
+
+def test_alpha_auto_reaches_the_ratio_search_alpha_targeted(capsys, inputs, target, data_config, tmp_path):  # noqa: F811
+    """--alpha auto: refused (exit 2, one line) before search-alpha ran; after it, the calibrated alpha
+    gives the recorded target ratio over the store's samples (floored budgets, padding carrying no mass)."""
+    import shutil
+
+    from fast3d_cli.cli.app import run
+    from fast3d_cli.pruning.scorers import StoreMaps
+    from fast3d_cli.stores import open_store
+    from tests.test_pruning_eval import eval_args, fast3d
+
+    pred = tmp_path / "pred.zarr"
+    shutil.copytree(inputs["pred"], pred)
+    code, _, stderr = fast3d(capsys, *eval_args(inputs, data_config, tmp_path / "o", "--method", "gap+asap",
+                                                 "--maps", str(pred), "--alpha", "auto"))  # fmt: skip
+    assert code == 2 and "search-alpha" in stderr and len(stderr.strip().splitlines()) == 1
+    assert run(["search-alpha", str(pred), "--target", "60", "--data-root", str(data_config.root)]) == 0
+    model, fingerprint = target
+    pruner = Pruner(
+        PruningSettings(method="gap+asap", alpha="auto", maps=pred), model, fingerprint, data_config
+    )
+    recorded = open_store(pred).attrs["sap"]
+    maps = StoreMaps(pred, ("prediction",), fingerprint, lambda store: [])
+    bank = SceneBank(data_config, recorded["split"])
+    rows = {}
+    for task in recorded["tasks"]:
+        samples = [s for s in load_samples(data_config, task, "val") if s.index in maps.rows(task, "val")]
+        rows[task] = anchored.rule_inputs(maps.scores(samples).numpy(), samples, bank)
+
+    def distance(alpha: float) -> float:  # |mean kept - kept at the target ratio|, tasks weighted equally
+        means = [floored_counts(r, alpha, anchored.FLOOR, anchored.CAP).mean() for r in rows.values()]
+        return abs(float(np.mean(means)) - model.config.max_obj_num * (1 - 60 / 100))
+
+    # a tiny GAP's budgets move in steps: the calibrated alpha is the closest step, none on a fine grid closer
+    assert distance(pruner.budget.alpha) <= min(distance(a) for a in np.linspace(1e-4, 1, 500)) + 1e-9
