@@ -125,7 +125,7 @@ def compare_command(
         limit=limit,
         generation=GenerationConfig(num_beams=num_beams, max_new_tokens=max_new_tokens),
     )
-    inputs = MatchInputs(stores_by_kind(maps or []), gap, split_name, tuple(task_names), limit)
+    inputs = MatchInputs(stores_by_kind(maps or []), gap, split_name, tuple(task_names), limit, data)
     settings = CompareSettings(
         names, evaluation, targets, adaptive, layer, inputs, BootstrapSettings(bootstrap, bootstrap_seed)
     )

@@ -34,6 +34,7 @@ class MatchInputs:
     split: str = "val"
     tasks: tuple[str, ...] = ()
     limit: int | None = None  # the first N samples of each task are compared (and matched on)
+    data: Any = None  # the DataConfig of the compared samples (anchored SAP reads their scenes)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ def match_sap_alpha(pruning: PruningSettings, input_target: float, inputs: Match
             f"{pruning.method}: matching its alpha to ~{input_target:g}% pruning needs {article(kinds)} "
             f"{kinds} store in --maps (--gap alone gives no maps to search)"
         )
+    if METHODS[pruning.method].budget == "anchored":
+        return _match_anchored_alpha(pruning, input_target, inputs)
     tasks = inputs.tasks or None
     found = search_alpha(
         pruning.maps, input_target, tasks=tasks, split=inputs.split, record=False, limit=inputs.limit
@@ -183,6 +186,23 @@ def match_sap_alpha(pruning: PruningSettings, input_target: float, inputs: Match
         found.alpha,
         f"alpha {found.alpha:g} prunes {found.ratio:.2f}% of the objects ({where} of {pruning.maps})",
     )
+
+
+def _match_anchored_alpha(
+    pruning: PruningSettings, input_target: float, inputs: MatchInputs
+) -> tuple[float, str]:
+    """Anchored SAP: the alpha whose floored budgets prune ``input_target`` percent of the objects of the
+    compared samples (padding ranked last), as its ``--alpha auto`` calibrates it."""
+    from fast3d_cli.data.tasks import TASKS
+    from fast3d_cli.pruning.anchored import calibrated_alpha
+    from fast3d_cli.stores import open_store
+
+    store = open_store(pruning.maps)
+    tasks = inputs.tasks or tuple(TASKS)
+    split, limit = inputs.split, inputs.limit
+    alpha = calibrated_alpha(store, pruning.maps, inputs.data, input_target, tasks, split, limit)
+    where = f"the first {inputs.limit} samples per task" if inputs.limit else "every sample"
+    return alpha, f"anchored alpha {alpha:g} calibrated to {input_target:.2f}% ({where} of {pruning.maps})"
 
 
 MATCHERS: dict[str, Matcher] = {"alpha": match_sap_alpha}

@@ -22,7 +22,9 @@ from fast3d_cli.pruning.engine import PrunedDecoder, PruningPlan
 from fast3d_cli.pruning.methods import METHODS, MethodSpec
 from fast3d_cli.pruning.scorers import divprune_scores, random_scores, to_granularity
 
-GENERIC_METHODS: dict[str, MethodSpec] = METHODS
+GENERIC_METHODS: dict[str, MethodSpec] = {
+    name: spec for name, spec in METHODS.items() if spec.budget != "anchored"  # needs Chat-Scene prompts
+}
 
 PerSample = int | float | Sequence[int] | Sequence[float] | Tensor | None  # one value, or one per sample
 

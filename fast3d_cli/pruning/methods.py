@@ -20,6 +20,7 @@ pyramiddrop   at each of --layers, layer l's attention of the last    --keep / -
               prompt token (PyramidDrop, several drops)               --stage-ratio (lambda)
 adatoken3d    at each of --layers, layer l-1 attention of every       --threshold (adaptive), or
               instruction token (AdaToken-3D, several drops)          --keep / --ratio / --stage-ratio
+gap+asap      GAP maps, prompt-named objects and neighbours first  --alpha (SAP with a floor, ours)
 ============  ======================================================  ===========================
 
 docs/methods-before-llm.md describes cdpruner, coverage and efficient3d and the choices made for them.
@@ -42,13 +43,14 @@ if TYPE_CHECKING:
     from fast3d_cli.stores.location import StoreLocation
 
 GRANULARITIES = {"object": 3, "token": 1}
+ALPHA_BUDGETS = ("sap", "anchored")  # budgets set per sample by an SAP mass threshold
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     scorer: str  # key of SCORERS, or "none"
-    budget: str  # "none", "fixed" or "sap"
+    budget: str  # "none", "fixed", "sap" or "anchored" (SAP with a floor and prompt anchors, ours)
     map_kinds: tuple[str, ...] = ()  # store kinds the scorer reads (empty: no store)
     min_layer: int = 0
     help: str = ""
@@ -67,7 +69,7 @@ class MethodSpec:
         """The :class:`PruningSettings` field that sizes this method's per-sample adaptive budget: ``alpha``
         (SAP, or a fixed method that also takes ``--alpha``), ``threshold`` (multi-stage gating); None
         without one. ``fast3d compare`` matches that field to a target ratio."""
-        if self.budget == "sap" or self.adaptive:
+        if self.budget in ALPHA_BUDGETS or self.adaptive:
             return "alpha"
         return "threshold" if self.threshold else None
 
@@ -75,6 +77,10 @@ class MethodSpec:
 ANY_FAMILY = ("chatscene", "llava")
 
 
+ANCHORED_HELP = (
+    "anchored SAP: GAP maps, floored SAP budgets, prompt-named objects and their nearest proposals first "
+    "(ours, docs/our-method.md)"
+)
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -156,6 +162,7 @@ METHODS: dict[str, MethodSpec] = {
             threshold=True,
             help="AdaToken-3D: attention-contribution gating at several layers",
         ),
+        MethodSpec("gap+asap", "maps", "anchored", ("prediction",), help=ANCHORED_HELP),
     )
 }
 
@@ -267,14 +274,16 @@ def validate(settings: PruningSettings, n_layers: int | None) -> MethodSpec:
     if kind == "fixed" and (settings.keep is None) == (settings.ratio is None):
         alpha = " (or --alpha, its adaptive budget)" if spec.adaptive else ""
         raise UserError(f"--method {spec.name} needs exactly one of --keep or --ratio{alpha}")
-    if kind == "sap":
+    if kind in ALPHA_BUDGETS:
         if settings.alpha is None:
             raise UserError(f"--method {spec.name} needs --alpha (a number in (0, 1], or auto)")
         if settings.granularity != "object":
             raise UserError("SAP budgets are computed over objects: use --granularity object")
+    if spec.budget == "anchored" and settings.skip_padding:
+        raise UserError(f"--method {spec.name} always ranks padding objects last: drop --skip-padding")
     if settings.fixed_count and (kind != "sap" or settings.maps is None):
         raise UserError("--fixed-count applies to the +sap methods with --maps (budgets are set per request)")
-    if kind != "sap" and settings.alpha is not None:
+    if kind not in ALPHA_BUDGETS and settings.alpha is not None:
         raise UserError(f"--alpha applies to the +sap methods, not {spec.name}")
     if kind != "fixed" and (settings.keep is not None or settings.ratio is not None):
         raise UserError(f"--keep/--ratio do not apply to --method {spec.name}")
@@ -314,7 +323,7 @@ def resolve_budget(
         if keep > n_groups:
             raise UserError(f"--keep {keep} exceeds the {n_groups} {settings.granularity}s per sample")
         return Budget(settings.layer, group, n_groups, n_layers, keep=keep)
-    if kind == "sap":
+    if kind in ALPHA_BUDGETS:
         alpha = settings.alpha
         if alpha == "auto":
             if store_alpha is None:
@@ -372,8 +381,18 @@ def preflight(
         maps = StoreMaps(settings.maps, spec.map_kinds, model_fingerprint, problems, settings.force)
         if n_objects is not None:
             maps.check_objects(n_objects)
-        store_alpha = maps.alpha(settings.skip_padding)
+        store_alpha = method_store_alpha(spec, settings, maps, data)
     if settings.gap is not None and not Path(settings.gap).exists():
         raise UserError(f"GAP network not found: {settings.gap}")
     if n_layers is not None and n_objects is not None:
         resolve_budget(spec, settings, n_layers, n_objects, store_alpha)
+
+
+def method_store_alpha(spec: MethodSpec, settings: PruningSettings, maps: Any, data: Any) -> float | None:
+    """What ``--alpha auto`` resolves to for a maps store: the alpha search-alpha recorded (SAP), or for
+    anchored SAP the alpha that gives the ratio search-alpha targeted (fast3d_cli.pruning.anchored)."""
+    if spec.budget == "anchored" and settings.alpha == "auto":
+        from fast3d_cli.pruning.anchored import store_alpha
+
+        return store_alpha(maps, data)
+    return maps.alpha(settings.skip_padding)

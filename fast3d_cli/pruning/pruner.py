@@ -12,7 +12,14 @@ from torch import Tensor
 from fast3d_cli.data import DataConfig, Sample, SceneBank
 from fast3d_cli.errors import UserError
 from fast3d_cli.evaluation.fingerprint import files_fingerprint
-from fast3d_cli.pruning.methods import Budget, MethodSpec, PruningSettings, resolve_budget, validate
+from fast3d_cli.pruning.methods import (
+    Budget,
+    MethodSpec,
+    PruningSettings,
+    method_store_alpha,
+    resolve_budget,
+    validate,
+)
 from fast3d_cli.pruning.scorers import (
     StoreMaps,
     divprune_features,
@@ -92,7 +99,7 @@ class Pruner:
         if self.maps is not None:
             self.maps.check_objects(n_objects)
         self.adaptive_mean_kept: float | None = None  # --fixed-count: the SAP mean it replaces
-        store_alpha = self.maps.alpha(settings.skip_padding) if self.maps else None
+        store_alpha = method_store_alpha(self.spec, settings, self.maps, data) if self.maps else None
         self.budget: Budget = resolve_budget(self.spec, settings, n_layers, n_objects, store_alpha)
 
     def _load_gap(self, settings: PruningSettings, model_fingerprint: str) -> tuple[Any, Any]:
@@ -191,6 +198,8 @@ class Pruner:
         if self.is_dense:
             return BatchPlan(HFCausalLMDecoder(self.model.llm), n_visual, len(samples))
         b = self.budget
+        if self.spec.budget == "anchored":
+            return self._anchored_plan(samples, inputs, bank)
         excluded = self._padding(samples, bank) if self.settings.skip_padding else None
         if self.spec.multistage:  # scored from attention at each drop point, in the engine
             plan = self._multistage_plan(inputs, len(samples), excluded)
@@ -222,6 +231,24 @@ class Pruner:
             excluded=excluded,
             **plan_fields(points),  # type: ignore[arg-type]
         )
+
+    def _anchored_plan(self, samples: Sequence[Sample], inputs: Any, bank: SceneBank) -> BatchPlan:
+        """Anchored SAP: the kept objects are chosen per row here; the engine keeps exactly them."""
+        from fast3d_cli.pruning.anchored import kept_mask
+        from fast3d_cli.pruning.engine import PrunedDecoder, PruningPlan
+
+        b = self.budget
+        objects = self.maps.scores(samples) if self.maps is not None else self._gap_scores(samples, bank)
+        kept = torch.from_numpy(kept_mask(objects.numpy(), samples, bank, b.alpha))
+        plan = PruningPlan(
+            layer=b.layer,
+            visual_start=inputs.visual_start,
+            n_groups=b.n_groups,
+            group=b.group,
+            scores=kept.float(),
+            keep=kept.sum(1).long(),
+        )
+        return BatchPlan(PrunedDecoder(self.model.llm, plan), self.model.config.n_visual_tokens, len(samples))
 
     def _padding(self, samples: Sequence[Sample], bank: SceneBank) -> Tensor:
         """[B, M] True for the groups of padding objects (all-zero 3D and 2D features, spec §2.5)."""
