@@ -34,7 +34,7 @@ def demo_command(
 ) -> None:
     """Run extract -> train-gap -> predict -> search-alpha -> eval on the embedded sample and show the table.
 
-    Example: [bold]fast3d demo -o runs/demo[/bold]  (about 8 minutes on 2 CPU cores; reruns resume)
+    Example: [bold]fast3d demo -o runs/demo[/bold]  (about 12 minutes on 2 CPU cores; reruns resume)
     """
     from fast3d_cli.cli.progress import ProgressReporter, training_progress
     from fast3d_cli.cli.tables import print_comparison_table
