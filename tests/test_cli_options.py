@@ -60,10 +60,12 @@ BAD_INVOCATIONS = [
     ["compare", "-o", "c", "-m", "gap+sap", "--maps", "nope.zarr"],
     ["demo", "--target", "150"],
     ["demo", "--device", "gpu"],
+    ["demo", "--gap-lr", "0"],
     ["report", "r", "--split", "zz"],
     ["report", "r", "-o", "/dev/null/report"],
     ["info", "nope.zarr"],
     ["sample", "build-world", "-o", "/dev/null/world"],
+    ["sample", "build-world", "--objects", "60-20"],
     ["sample", "train-model", "--steps", "0"],
     ["eval", "--bogus"],
 ]

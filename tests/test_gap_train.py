@@ -123,6 +123,7 @@ def test_training_lowers_kl_and_records_provenance(capsys, gap_inputs, data_conf
         metrics = lines[-1][name]["scanqa"]
         for k in (5, 10, 20):
             assert 0 <= metrics[f"topk_{k}_f1_score"] <= 1 and 0 <= metrics[f"topk_{k}_mass"] <= 1
+        assert 0 <= lines[-1][name]["all"]["evidence_top10"] <= 1  # the sample world's rows have evidence
     record = json.loads((out / "training.json").read_text())
     store = open_store(gap_inputs["store"])
     assert (
@@ -357,3 +358,19 @@ def test_init_from_target_starts_from_the_target_model(capsys, gap_inputs, data_
     args = train_args(gap_inputs, data_config, tmp_path / "g2", "--epochs", "1", "--init-from-target")
     code, _, stderr = fast3d(capsys, *[wide if a == str(gap_inputs["gap_config"]) else a for a in args])
     assert code == 2 and one_error_line(stderr) and "as wide as the target model (32)" in stderr, stderr
+
+
+def test_evidence_top10_counts_samples_whose_evidence_is_all_in_the_top_10() -> None:
+    import numpy as np
+
+    from fast3d_cli.data import Sample
+    from fast3d_cli.gap.evaluation import evidence_hits
+
+    scores = np.tile(np.arange(100, 0, -1, dtype=np.float32), (4, 1))  # object j ranks j-th
+    samples = [
+        Sample(task="scanrefer", split="train", index=i, scene_id="s", obj_id=0, prompt="p", caption="c",
+               evidence=evidence)
+        for i, evidence in enumerate([(0, 9), (3, 10), (), None])
+    ]  # fmt: skip
+    hits = evidence_hits(scores, samples)
+    assert hits[:2].tolist() == [1.0, 0.0] and np.isnan(hits[2:]).all()

@@ -22,6 +22,7 @@ def demo_command(
         int, typer.Option(min=1, help="Train samples per task the GAP network learns from.")
     ] = _DEFAULTS.train_limit,
     epochs: Annotated[int, typer.Option(min=1, help="GAP training epochs.")] = _DEFAULTS.epochs,
+    gap_lr: Annotated[float, typer.Option(help="GAP learning rate (> 0).")] = _DEFAULTS.gap_lr,
     target: Annotated[float, typer.Option(help="Target pruning ratio (%) for search-alpha.")] = 90.0,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N val samples per task (default: the demo's).")
@@ -33,7 +34,7 @@ def demo_command(
 ) -> None:
     """Run extract -> train-gap -> predict -> search-alpha -> eval on the embedded sample and show the table.
 
-    Example: [bold]fast3d demo -o runs/demo[/bold]  (about 8 minutes on 2 CPU cores; reruns resume)
+    Example: [bold]fast3d demo -o runs/demo[/bold]  (about 12 minutes on 2 CPU cores; reruns resume)
     """
     from fast3d_cli.cli.progress import ProgressReporter, training_progress
     from fast3d_cli.cli.tables import print_comparison_table
@@ -42,11 +43,14 @@ def demo_command(
 
     if not 0 < target < 100:
         raise UserError(f"--target must be in (0, 100), got {target}")
+    if not gap_lr > 0:
+        raise UserError(f"--gap-lr must be > 0, got {gap_lr}")
     check_device(device)
     check_output_location(output)
     settings = DemoSettings(
         train_limit=train_limit,
         epochs=epochs,
+        gap_lr=gap_lr,
         target_ratio=target,
         eval_limit=limit,
         num_beams=num_beams,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -19,16 +20,38 @@ def build_world(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder (default: sample_data/).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, help="World seed: feature prototypes (and, without --scene-seed, scenes)."),
+    ] = 0,
+    scene_seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Draw other scenes and questions but keep --seed's feature prototypes, so the committed "
+            "model (seed 0) can read the world."
+        ),
+    ] = None,
+    objects: Annotated[
+        str | None,
+        typer.Option(help="Objects per scene, MIN-MAX or N (2 to 100; default 8-40)."),
+    ] = None,
 ) -> None:
     """Write the synthetic ScanNet-like world in the Chat-Scene formats (deterministic).
 
     Example: [bold]fast3d sample build-world -o /tmp/world[/bold]
+    A fresh test world for the committed model: [bold]fast3d sample build-world -o /tmp/w2 --scene-seed 7
+    --objects 20-60[/bold]
     """
     from fast3d_cli.sample_world import WorldSpec, generate_world
+    from fast3d_cli.sample_world.generator import parse_object_range
 
+    spec = WorldSpec(seed=seed, scene_seed=scene_seed)
+    if objects is not None:
+        low, high = parse_object_range(objects, spec.max_proposals)
+        spec = replace(spec, min_objects=low, max_objects=high)
     out = check_output_location(output or sample_data_dir())
-    generate_world(out, WorldSpec(seed=seed))
+    generate_world(out, spec)
     emit(out, None, as_json=False)
 
 

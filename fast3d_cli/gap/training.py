@@ -28,9 +28,9 @@ Output directory::
       checkpoints/step-XXXXXXXX/                 the latest training checkpoint (accelerate's save_state)
 
 The code follows the run in order: data (:func:`load_training_data`), model (:func:`build_training_model`),
-one epoch (:func:`train_epoch`, :func:`train_step`), validation and selection (:func:`evaluate`,
-:func:`finish_epoch`) and checkpointing (:class:`~fast3d_cli.gap.checkpointing.Checkpoints`), put together
-by :func:`train_gap`.
+one epoch (:func:`train_epoch`, :func:`train_step`), validation (:mod:`fast3d_cli.gap.evaluation`) and
+selection (:func:`finish_epoch`) and checkpointing (:class:`~fast3d_cli.gap.checkpointing.Checkpoints`),
+put together by :func:`train_gap`.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ from typing import Any
 import numpy as np
 
 from fast3d_cli import __version__
-from fast3d_cli.data import DataConfig, Sample, SceneBank
+from fast3d_cli.data import DataConfig, SceneBank
 from fast3d_cli.data.formats import write_text_atomic
 from fast3d_cli.errors import UserError, naming_os_errors
 from fast3d_cli.gap.checkpointing import CHECKPOINT_DIR, Checkpoints, TrainingState
 from fast3d_cli.gap.configuration import GAPConfig
+from fast3d_cli.gap.evaluation import Split, evaluate
 from fast3d_cli.gap.sources import TRAINING_RECORD, apply_overrides
 from fast3d_cli.gap.targets import TargetSet, load_targets, model_dir_from_provenance
 from fast3d_cli.records import changed_fields, describe_change
@@ -69,7 +70,6 @@ SELECT_METRICS = {  # name -> True when larger is better
     "topk_20_mass": True,
 }
 SELECT_SETS = ("holdout", "val")
-METRIC_NAMES = ("kd_loss", *(f"topk_{k}_{m}" for k in (5, 10, 20) for m in ("f1_score", "mass")))
 MIXED_PRECISION = ("auto", "no", "bf16")
 
 
@@ -217,18 +217,6 @@ def parameter_groups(model: Any, lr: float, text_lr: float, weight_decay: float)
 
 # ---------------------------------------------------------------------------------------------------------
 # Data
-
-
-@dataclass
-class Split:
-    """A list of samples of one split with their target maps [n, n_objects] (float32 tensor)."""
-
-    split: str
-    samples: list[Sample]
-    targets: Any
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
 
 def _split_train(tset: TargetSet, settings: TrainSettings) -> tuple[Split, Split | None]:
@@ -380,62 +368,6 @@ def _is_model_of(directory: Path, fingerprint: str | None) -> bool | None:
         return ModelSource(model_dir=directory).fingerprint() == fingerprint
     except UserError:
         return None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate(
-    model: Any,
-    split: Split,
-    bank: SceneBank,
-    tokenizer: Any,
-    config: GAPConfig,
-    batch_size: int,
-    device: Any,
-    autocast: Callable[[], Any],
-    rank: int = 0,
-    world: int = 1,
-    gather: Callable[[Any], list[Any]] = lambda x: [x],
-) -> dict[str, dict[str, float]]:
-    """Mean validation metrics per task and over all samples ("all"), rank-sharded then gathered."""
-    import torch
-
-    from fast3d_cli.gap.inputs import build_batch
-    from fast3d_cli.gap.modeling import validation_metrics
-
-    mine = list(range(rank, len(split), world))
-    rows: dict[str, list[np.ndarray]] = {}
-    tasks: list[str] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            ids = mine[start : start + batch_size]
-            samples = [split.samples[i] for i in ids]
-            batch = build_batch(samples, bank, tokenizer, config).to(device)
-            with autocast():
-                logits = model(**batch.model_inputs())
-            values = validation_metrics(logits.float(), split.targets[ids].to(device))
-            for name, value in values.items():
-                rows.setdefault(name, []).append(value.cpu().numpy().astype(np.float64))
-            tasks += [s.task for s in samples]
-    model.train(was_training)
-    local = {
-        "tasks": tasks,
-        **{k: np.concatenate(rows[k]) if rows.get(k) else np.zeros(0) for k in METRIC_NAMES},
-    }
-    parts = gather(local)
-    all_tasks = [task for p in parts for task in p["tasks"]]
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in METRIC_NAMES}
-    out: dict[str, dict[str, float]] = {}
-    task_array = np.array(all_tasks)
-    for task in dict.fromkeys(s.task for s in split.samples):
-        sel = task_array == task
-        out[task] = {k: float(v[sel].mean()) for k, v in merged.items()} | {"n": int(sel.sum())}
-    out["all"] = {k: float(v.mean()) for k, v in merged.items()} | {"n": len(all_tasks)}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

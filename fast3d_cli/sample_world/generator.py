@@ -1,6 +1,9 @@
 """Write the whole sample world to disk in the Chat-Scene file layout (spec §2.1-§2.4).
 
 Deterministic: the same ``WorldSpec`` always gives byte-identical JSON and identical tensors.
+``seed`` fixes the feature prototypes (what the sample model learned to read); ``scene_seed`` (default:
+``seed``) fixes the scenes, so a world with the committed ``seed`` and another ``scene_seed`` is a fresh
+test world that the committed model understands.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 
 from fast3d_cli.data.formats import feature_key, write_json, write_pt
 from fast3d_cli.data.tasks import AUXILIARY_TASKS, TASKS
+from fast3d_cli.errors import UserError
 from fast3d_cli.sample_world import tasks as rows
 from fast3d_cli.sample_world.scene import FeatureModel, Scene, sample_scene
 from fast3d_cli.sample_world.vocabulary import CLASSES, COLOURS
@@ -23,6 +27,7 @@ GENERATOR_VERSION = 3
 @dataclass(frozen=True)
 class WorldSpec:
     seed: int = 0
+    scene_seed: int | None = None  # None: draw the scenes from ``seed`` (the committed world)
     n_train_scenes: int = 72
     n_val_scenes: int = 24
     min_objects: int = 8
@@ -33,6 +38,29 @@ class WorldSpec:
     val_samples_per_task: int = 440
     train_samples_per_task: int = 4000
     obj_align_per_scene: int = 60
+
+
+MIN_OBJECTS = 2  # neighbour relations ("next to the ...") need two objects
+
+
+def parse_object_range(text: str, max_objects: int = WorldSpec.max_proposals) -> tuple[int, int]:
+    """``"20-60"`` -> (20, 60), ``"30"`` -> (30, 30): how many objects a world's scenes hold.
+
+    Raises ``UserError`` for a non-integer, a reversed range, fewer than 2 objects or more than
+    ``max_objects`` (the model's ``max_obj_num``: every proposal needs an object slot).
+    """
+    parts = text.strip().split("-")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--objects must be N or MIN-MAX with integers (e.g. 20-60), got {text!r}")
+    low, high = int(parts[0]), int(parts[-1])
+    if low > high:
+        raise UserError(f"--objects range {text!r} is reversed: write MIN-MAX with MIN <= MAX")
+    if low < MIN_OBJECTS or high > max_objects:
+        raise UserError(
+            f"--objects {text!r} is out of range: scenes hold {MIN_OBJECTS} to {max_objects} objects "
+            f"(max_obj_num)"
+        )
+    return low, high
 
 
 def file_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +163,7 @@ def _unique_multiple_lookup(
 def generate_world(out_dir: Path, spec: WorldSpec | None = None) -> dict[str, Any]:
     """Generate the sample world into ``out_dir/annotations`` and return its summary."""
     spec = spec or WorldSpec()
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(spec.seed if spec.scene_seed is None else spec.scene_seed)
     root = Path(out_dir) / "annotations"
     scenes = _scenes(spec, rng)
     all_scenes = scenes["train"] + scenes["val"]
