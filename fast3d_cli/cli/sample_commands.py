@@ -91,8 +91,6 @@ def train_model(
 
     Example: [bold]fast3d sample train-model -o /tmp/model[/bold]
     """
-    from dataclasses import replace
-
     from fast3d_cli.sample_model.preflight import load_world_spec, prepare_output
     from fast3d_cli.sample_model.recipe import TrainSpec
 
