@@ -133,6 +133,8 @@ def settings_for(spec: Any, n_layers: int, ratio: float, logits: Any) -> Any:
 def skip_reason(spec: Any) -> str | None:
     if "chatscene" not in spec.families:
         return f"fits the {'/'.join(spec.families)} family only, not Chat-Scene"
+    if spec.budget == "anchored":  # its budgets read the prompts' <OBJnnn> mentions and the scene's boxes
+        return "anchored SAP needs real prompts and scenes; its prefill is gap+sap's at the same kept count"
     if spec.scorer not in SCORE_SOURCES:
         return f"no synthetic inputs for scorer {spec.scorer!r}: add it to method_prefill.SCORE_SOURCES"
     return None
@@ -287,7 +289,11 @@ def goal_names() -> tuple[str, ...]:
     """One goal per registry method that prunes Chat-Scene (measured or recorded as not measured)."""
     from fast3d_cli.pruning.methods import METHODS
 
-    return tuple(goal_name(n) for n, s in METHODS.items() if s.budget != "none" and "chatscene" in s.families)
+    return tuple(
+        goal_name(n)
+        for n, s in METHODS.items()
+        if s.budget not in ("none", "anchored") and "chatscene" in s.families  # anchored: gap+sap's prefill
+    )
 
 
 def goals(result: dict[str, Any], batch: int) -> dict[str, dict[str, Any]]:
