@@ -252,9 +252,16 @@ def main(argv: list[str] | None = None) -> Path:
     ensure_project_importable()
     import torch
 
+    from fast3d_cli.sample_model.train import flush_denormals
+
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    with flush_denormals():  # restored afterwards: callers in the same process may need IEEE subnormals
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train the toy LLaVA, evaluate dense, FasterVLM and random pruning, write the result JSON."""
     started = time.perf_counter()
     processor, tok = image_processor(), tokenizer()
     train_rows = dataset(args.train_pictures, args.seed)
