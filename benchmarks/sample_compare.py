@@ -17,7 +17,12 @@ the Efficient3D predictor are trained once, on the committed world's train split
     M=$M,pyramiddrop,adatoken3d,efficient3d
     fast3d compare -o runs/cmp_c --limit 200 --ratios 90 -m $M \
         --maps runs/c/pred_val.zarr --maps runs/c/e3d_val.zarr --maps runs/c/maps_val.zarr
-    python benchmarks/sample_compare.py runs/cmp_c --name sample_compare_committed --world "committed val"
+    # GAP+SAP with padding objects given no SAP mass, on the same samples and dense run:
+    fast3d search-alpha runs/c/pred_val_sp.zarr --target 90 --skip-padding   # a copy of pred_val.zarr
+    fast3d eval --method gap+sap --skip-padding --maps runs/c/pred_val_sp.zarr --alpha auto --limit 200 \
+        -o runs/gsp_c --baseline runs/cmp_c/runs/dense
+    python benchmarks/sample_compare.py runs/cmp_c --name sample_compare_committed --world "committed val" \
+        --eval "gap+sap ~90% --skip-padding=runs/gsp_c"
 
 The script reads the compare folder's leaderboard.json, writes benchmarks/results/NAME.json (the rows with
 the environment) and prints the README's markdown table. Every row is the protocol of `fast3d eval`: beam 5,
@@ -67,14 +72,49 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def eval_row(label: str, run_dir: Path) -> dict[str, Any]:
+    """A leaderboard-shaped row from a ``fast3d eval`` folder (its metrics.json) scored against the same
+    dense run as the compare folder."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ratio, pruning = metrics["score_ratio"], metrics["pruning"]
+    per_task = {
+        task: {"score_ratio": value, "score_ratio_ci95": (ratio.get("per_task_ci95") or {}).get(task)}
+        for task, value in ratio["per_task"].items()
+    }
+    return {
+        "slug": run_dir.name,
+        "label": label,
+        "method": pruning["method"],
+        "kind": "eval",
+        "status": "done",
+        "settings": pruning,
+        "run": str(run_dir),
+        "baseline": ratio["baseline"],
+        "score_ratio": ratio["value"],
+        "score_ratio_ci95": ratio["ci95"],
+        "per_task": per_task,
+        "layer_averaged_ratio": pruning["layer_averaged_ratio"],
+        "mean_kept_objects": pruning["mean_kept_tokens"] / 3,
+        "flops_ratio": pruning["flops_ratio"],
+        "agreement": None,
+    }
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("compare_dir", type=Path, help="a fast3d compare output folder")
     parser.add_argument("--name", required=True, help="benchmarks/results/NAME.json")
     parser.add_argument("--world", required=True, help="which world the rows ran on (recorded)")
+    parser.add_argument(
+        "--eval", action="append", default=[], metavar="LABEL=DIR",
+        help="also a fast3d eval folder scored against the compare folder's dense run",
+    )  # fmt: skip
     args = parser.parse_args()
     board = json.loads((args.compare_dir / "leaderboard.json").read_text())
+    for item in args.eval:
+        label, _, run_dir = item.rpartition("=")
+        board["rows"].append(eval_row(label, Path(run_dir)))
     payload = {
         "benchmark": "sample_compare",
         "world": args.world,
