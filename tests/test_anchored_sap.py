@@ -156,3 +156,28 @@ def test_alpha_auto_reaches_the_ratio_search_alpha_targeted(capsys, inputs, targ
 
     # a tiny GAP's budgets move in steps: the calibrated alpha is the closest step, none on a fine grid closer
     assert distance(pruner.budget.alpha) <= min(distance(a) for a in np.linspace(1e-4, 1, 500)) + 1e-9
+
+
+def test_compare_matches_the_anchored_alpha_as_alpha_auto_does(inputs, target, data_config, tmp_path):  # noqa: F811
+    """`fast3d compare` matches gap+asap with its own calibration (floored budgets, padding last) on the
+    compared samples: the same alpha `--alpha auto` finds after search-alpha on those samples, not SAP's."""
+    import shutil
+
+    from fast3d_cli.cli.app import run
+    from fast3d_cli.evaluation.matching import MatchInputs, match_sap_alpha
+
+    pred = tmp_path / "pred.zarr"
+    shutil.copytree(inputs["pred"], pred)
+    tasks = ("scanrefer",)
+    matched, note = match_sap_alpha(
+        PruningSettings(method="gap+asap", maps=pred), 60.0, MatchInputs(tasks=tasks, data=data_config)
+    )
+    sap, _ = match_sap_alpha(PruningSettings(method="gap+sap", maps=pred), 60.0, MatchInputs(tasks=tasks))
+    assert "anchored" in note and matched != sap
+    assert run(["search-alpha", str(pred), "--target", "60", "--tasks", "scanrefer",
+                "--data-root", str(data_config.root)]) == 0  # fmt: skip
+    model, fingerprint = target
+    pruner = Pruner(
+        PruningSettings(method="gap+asap", alpha="auto", maps=pred), model, fingerprint, data_config
+    )
+    assert pruner.budget.alpha == pytest.approx(matched)
