@@ -54,30 +54,18 @@ def unit_maps(adapter: Any, batch: Any, prompts: Sequence[str], answers: Sequenc
     """{"object_scores", "prompt_scores"} [B, n_units] of one batch (see the module docstring)."""
     import torch
 
-    from fast3d_cli.attention.capture import AttentionCapture, capturing
-    from fast3d_cli.attention.maps import aggregate_maps
-    from fast3d_cli.generation import position_ids_from_mask
+    from fast3d_cli.attention.maps import adapter_maps
 
     with torch.inference_mode():
         inputs = adapter.build_inputs(batch, answers)
-        mask = inputs.attention_mask
-        text_len = mask.shape[1] - inputs.text_start
+        text_len = inputs.attention_mask.shape[1] - inputs.text_start
         prompt_len = torch.tensor(
             [len(ids) - start - inputs.n_visual for ids, start in
              (adapter.token_ids(p, None, inputs.n_visual) for p in prompts)]
         )  # fmt: skip
         if bool((text_len < 1).any()):
             raise UserError("every question needs text after its image tokens to extract maps from")
-        llm = adapter.language_model
-        capture = AttentionCapture(int(inputs.text_start.min()), inputs.visual_start, inputs.n_visual)
-        with capturing(llm, capture):
-            llm.model(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                use_cache=False,
-            )
-        maps = aggregate_maps(capture.result(), inputs.text_start, text_len, prompt_len, inputs.group)
+        maps = adapter_maps(adapter, inputs, text_len, prompt_len)
     return {"object_scores": maps.object_scores, "prompt_scores": maps.prompt_scores}
 
 

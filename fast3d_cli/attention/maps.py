@@ -9,6 +9,7 @@ rows, m' = the token count of " {prompt} ". No normalisation: values are raw att
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,3 +60,22 @@ def aggregate_maps(
         layers = result.per_layer.reshape(result.n_layers, batch, rows, -1, tokens_per_object).sum(-1)
         maps.layer_scores = torch.stack([_row_mean(layer, first, text_len) for layer in layers], dim=1)
     return maps
+
+
+def adapter_maps(adapter: Any, inputs: Any, text_len: Tensor, prompt_len: Tensor) -> SampleMaps:
+    """The maps of one teacher-forced prefill of a target adapter's ``inputs`` (``AdapterInputs``): every
+    layer's attention captured for the rows after the visual tokens, then :func:`aggregate_maps`."""
+    from fast3d_cli.attention.capture import AttentionCapture, capturing
+    from fast3d_cli.generation import position_ids_from_mask
+
+    llm = adapter.language_model
+    mask = inputs.attention_mask
+    capture = AttentionCapture(int(inputs.text_start.min()), inputs.visual_start, inputs.n_visual)
+    with capturing(llm, capture):
+        llm.model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+        )
+    return aggregate_maps(capture.result(), inputs.text_start, text_len, prompt_len, inputs.group)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fast3d_cli.generation import GenerationConfig, HFCausalLMDecoder, generate, position_ids_from_mask
+from fast3d_cli.generation import GenerationConfig, HFCausalLMDecoder, generate
 from fast3d_cli.models.adapter import AdapterInputs, ClsAttentionAdapter, TargetAdapter
 from fast3d_cli.pruning.engine import PrunedDecoder, PruningPlan
 from fast3d_cli.pruning.methods import METHODS, MethodSpec
@@ -261,23 +261,12 @@ def extract_maps(adapter: TargetAdapter[Any], batch: Any, answers: Sequence[str]
     """[B, n_units] attention maps (the ``object_scores`` of ``fast3d extract``): teacher-forced prefill of
     prompt + answer; head- and layer-mean attention of every row after the visual tokens (from
     ``text_start``) to each visual token, summed per unit, averaged over those rows."""
-    from fast3d_cli.attention.capture import AttentionCapture, capturing
-    from fast3d_cli.attention.maps import aggregate_maps
+    from fast3d_cli.attention.maps import adapter_maps
 
     with torch.inference_mode():
         inputs = adapter.build_inputs(batch, answers)
-        mask = inputs.attention_mask
-        text_len = mask.shape[1] - inputs.text_start
+        text_len = inputs.attention_mask.shape[1] - inputs.text_start
         if bool((text_len < 1).any()):
             raise ValueError("every sample needs text after its visual tokens to extract maps from")
-        llm = adapter.language_model
-        capture = AttentionCapture(int(inputs.text_start.min()), inputs.visual_start, inputs.n_visual)
-        with capturing(llm, capture):
-            llm.model(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                use_cache=False,
-            )
-        maps = aggregate_maps(capture.result(), inputs.text_start, text_len, text_len, inputs.group)
+        maps = adapter_maps(adapter, inputs, text_len, text_len)
     return maps.object_scores
